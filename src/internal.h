@@ -1,0 +1,346 @@
+/* internal.h -- types and cross-file prototypes of rpool, grouped by file.
+ *
+ * Layering (a file calls only files above it in this list):
+ *   os.c       the only caller of mmap/mprotect/madvise/munmap/sysconf
+ *   account.c  virtual/physical counters and budget checks
+ *   reserve.c  the pool's reservation: layout, metadata, carving, ptr -> desc
+ *   region.c   region classes, lock-free free stacks, CAS-claimed reuse, purge
+ *   thread.c   per-thread shards on an RCU-protected registry
+ *   heap.c     the constant-time fallback heap
+ *   slab.c     size-class object pools (rp_alloc family)
+ *   arena.c    bump arenas
+ *   pool.c     rp_pool_create/destroy, rp_check, error reporting
+ *   stats.c    snapshots and printing
+ *   config.c   defaults, presets, validation, environment
+ *
+ * Cross-file internal names start with rpi_ and have hidden visibility (the
+ * library is built with -fvisibility=hidden; only RP_API names are exported).
+ */
+#ifndef RP_INTERNAL_H
+#define RP_INTERNAL_H
+
+#define RP_BUILDING_LIBRARY 1
+#include "rpool.h"
+#include "atomic.h"
+
+#include <assert.h>
+#include <ck_stack.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <urcu/list.h>
+
+#define RP_CACHELINE 64
+#define RP_POOL_MAGIC 0x6c6f6f7070722d72ull /* "r-rppool" */
+
+/* RP_DEBUG: 0 none, 1 cheap preconditions, 2 internal checks, 3 walks. */
+#ifndef RP_DEBUG
+#define RP_DEBUG 0
+#endif
+#define rp_assert(level, cond)                                                \
+    do {                                                                      \
+        if (RP_DEBUG >= (level) && !(cond))                                   \
+            rpi_assert_fail(#cond, __FILE__, __LINE__);                       \
+    } while (0)
+
+#define RP_LIKELY(x) __builtin_expect(!!(x), 1)
+#define RP_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define RP_HIDDEN __attribute__((visibility("hidden")))
+
+static inline size_t rp_align_up(size_t v, size_t a) { return (v + a - 1) & ~(a - 1); }
+static inline bool rp_is_pow2(size_t v) { return v && !(v & (v - 1)); }
+static inline unsigned rp_log2(size_t v) { return 63u - (unsigned)__builtin_clzll(v); }
+
+/* ======================================================================== */
+/* os.c                                                                      */
+
+/* Each returns 0 or a negative errno; never sets errno as its only report.
+ * Fault injection (rp_os_fault_inject) is checked first. */
+RP_HIDDEN int rpi_os_reserve(size_t bytes, void **out);
+RP_HIDDEN int rpi_os_commit(void *addr, size_t bytes);
+/* advice: RP_PURGE_DONTNEED or RP_PURGE_FREE. */
+RP_HIDDEN int rpi_os_purge(void *addr, size_t bytes, int advice);
+RP_HIDDEN int rpi_os_release(void *addr, size_t bytes);
+RP_HIDDEN size_t rpi_os_page_size(void);
+/* cgroup v2 memory.max of this process when set, else physical RAM. */
+RP_HIDDEN size_t rpi_os_physical_default(void);
+/* Monotonic milliseconds. */
+RP_HIDDEN uint64_t rpi_now_ms(void);
+
+/* ======================================================================== */
+/* Region descriptors: one per granule (region_min_bytes) of the region area. */
+
+enum rp_rstate {
+    RS_UNUSED = 0,  /* never carved */
+    RS_TAIL,        /* inside a region; .head names the head granule */
+    RS_IN_USE,      /* handed out; .kind says to whom */
+    RS_FREE_DIRTY,  /* on a free stack, resident, counted physical */
+    RS_FREE_LAZY,   /* on a free stack, MADV_FREE'd, still counted physical */
+    RS_FREE_CLEAN,  /* on a free stack, purged (DONTNEED), not counted */
+    RS_PURGING      /* held by a purger while madvise runs */
+};
+
+enum rp_rkind {
+    RK_NONE = 0,
+    RK_USER,        /* rp_region_acquire */
+    RK_SLAB,        /* slab of an object size class (slab.c) */
+    RK_ARENA,       /* arena chunk (arena.c) */
+    RK_LARGE        /* one large object of rp_alloc (slab.c) */
+};
+
+#define RP_DESC_USER_BYTES 96
+
+typedef struct rp_rdesc {
+    ck_stack_entry_t link;  /* free-stack link; meaningful only while free */
+    uint32_t state;         /* enum rp_rstate; changed by CAS only */
+    uint32_t head;          /* granule index of this region's head */
+    uint8_t cls;            /* region class (heads) */
+    uint8_t kind;           /* enum rp_rkind; owner writes while IN_USE */
+    uint16_t spare;
+    uint32_t gen;           /* times this head was handed out */
+    uint64_t release_ms;    /* rpi_now_ms() at release (delayed purge) */
+    /* State of the layer that owns the region while IN_USE (slab, arena).
+     * Zeroed when the region is handed out. */
+    union {
+        unsigned char bytes[RP_DESC_USER_BYTES];
+        void *align_ptr;
+        uint64_t align_u64;
+    } user;
+} rp_rdesc;
+
+_Static_assert(sizeof(rp_rdesc) == 128, "descriptor is two cache lines");
+
+/* ======================================================================== */
+/* The pool.                                                                 */
+
+struct rp_class {
+    ck_stack_t free __attribute__((aligned(16))); /* free regions, LIFO */
+    uint64_t nfree;      /* regions on `free` or held by a purger; relaxed */
+    uint64_t in_use;     /* gauges (regions), relaxed */
+    uint64_t dirty;      /* FREE_DIRTY + FREE_LAZY */
+    uint64_t clean;
+    uint64_t carves, reuses, purges, splits; /* counters, relaxed */
+} __attribute__((aligned(RP_CACHELINE)));
+
+typedef struct rp_account {
+    uint64_t virtual_bytes;     /* committed; CAS-charged against budget */
+    uint64_t physical_bytes;    /* resident by our account; CAS-charged */
+    uint64_t virtual_budget;    /* may change at run time (rp_budget_set) */
+    uint64_t physical_budget;
+    uint64_t virtual_peak, physical_peak;
+    uint64_t metadata_bytes;
+    uint64_t heap_committed_bytes, heap_physical_bytes;
+    uint64_t fail_virtual, fail_physical, fail_os, fail_other;
+    uint64_t errors;
+    uint64_t soft_above;        /* 1 while physical > soft limit */
+} rp_account;
+
+/* Per-(thread, pool) shard. Lives in pool metadata, recycled after an RCU
+ * grace period. Embedded blobs belong to arena.c and slab.c. */
+#define RP_TS_ARENA_BYTES 256
+#define RP_TS_SLAB_BYTES 2048
+
+typedef struct rp_tstate {
+    struct cds_list_head node;  /* on pool->threads; RCU list */
+    struct rp_tstate *next_free;/* recycling list (thread.c, under lock) */
+    rp_pool *pool;
+    uint64_t tid;               /* small id, for stats */
+    uint32_t live;              /* 1 while linked; relaxed reads by stats */
+    uint32_t spare;
+    /* RCU deferred reclamation handle (struct rcu_head, 16 bytes). */
+    void *rcu_space[2];
+    unsigned char arena[RP_TS_ARENA_BYTES] __attribute__((aligned(RP_CACHELINE)));
+    unsigned char slab[RP_TS_SLAB_BYTES] __attribute__((aligned(RP_CACHELINE)));
+} rp_tstate;
+
+struct rp_pool {
+    uint64_t magic;
+    uint64_t id;                /* unique per process, never reused */
+    rp_config cfg;
+    size_t page;
+
+    /* Layout of the reservation [base, base + reserve_bytes):
+     *   [base, meta_end)        pool struct, descriptor table, meta bump area
+     *   [heap_base, +heap_bytes) fallback heap
+     *   [rbase, rbase + rbytes)  regions, carved from rbase upwards
+     * Equation: reserve = meta + heap + region area (+ alignment slack). */
+    char *base;
+    size_t reserve_bytes;
+    rp_rdesc *desc;             /* table of ngranules descriptors */
+    size_t desc_committed;      /* bytes of the table committed (carve lock) */
+    char *bump_base;            /* meta bump area for shards/heap state */
+    size_t bump_reserved, bump_used, bump_committed; /* under meta_lock */
+    char *heap_base;
+    size_t heap_bytes;
+    char *rbase;
+    size_t rbytes;
+    unsigned gshift;            /* log2(region_min_bytes) */
+    unsigned nclasses;
+    size_t ngranules;
+
+    pthread_mutex_t carve_lock; /* serializes carving (a syscall path) */
+    pthread_mutex_t meta_lock;  /* meta bump area */
+    uint64_t hwm;               /* granules carved; written under carve_lock,
+                                   read relaxed (monotonic) */
+
+    rp_account acct __attribute__((aligned(RP_CACHELINE)));
+    struct rp_class cls[RP_MAX_CLASSES];
+
+    /* Delayed purge. */
+    uint64_t next_purge_ms;     /* relaxed hint */
+    uint32_t purge_busy;        /* CAS 0->1 to become the purger */
+    uint32_t purger_stop;       /* set by destroy; read by the purger */
+    pthread_t purger;
+    int purger_running;
+    pthread_mutex_t purger_lock;
+    pthread_cond_t purger_cond;
+
+    /* Thread registry (thread.c). */
+    pthread_mutex_t threads_lock;   /* writers of `threads`, free_ts */
+    struct cds_list_head threads;   /* RCU list of rp_tstate */
+    rp_tstate *free_ts;             /* recycled shards */
+    uint64_t nthreads;              /* live shards; relaxed */
+    uint64_t next_tid;
+
+    /* Other modules' state, allocated from the meta bump area. */
+    void *heap;                 /* heap.c */
+    void *slab;                 /* slab.c */
+    void *arena;                /* arena.c */
+};
+
+/* ======================================================================== */
+/* account.c                                                                 */
+
+/* Charge bytes to the virtual counter iff it stays within the budget.
+ * Returns 0 or -ENOMEM (nothing changed; the caller counts the failure). */
+RP_HIDDEN int rpi_virt_charge(rp_pool *p, size_t bytes);
+RP_HIDDEN void rpi_virt_uncharge(rp_pool *p, size_t bytes);
+/* Charge physical bytes iff within the budget; on refusal, purge free
+ * regions (rpi_purge_for) and try once more. Returns 0 or -ENOMEM. */
+RP_HIDDEN int rpi_phys_charge(rp_pool *p, size_t bytes);
+/* Charge without a budget check (for pages that are already resident). */
+RP_HIDDEN void rpi_phys_force(rp_pool *p, size_t bytes);
+RP_HIDDEN void rpi_phys_uncharge(rp_pool *p, size_t bytes);
+/* Failure counters. */
+enum rp_fail { RP_FAIL_VIRTUAL, RP_FAIL_PHYSICAL, RP_FAIL_OS, RP_FAIL_OTHER };
+RP_HIDDEN void rpi_count_fail(rp_pool *p, enum rp_fail why);
+/* Errno for a failure of this kind, after counting it. */
+RP_HIDDEN void *rpi_fail_null(rp_pool *p, enum rp_fail why, int err);
+
+/* ======================================================================== */
+/* reserve.c                                                                 */
+
+/* Lay out and reserve a pool; returns the pool (at the reservation's base)
+ * or NULL with errno. cfg must be validated. */
+RP_HIDDEN rp_pool *rpi_reserve_create(const rp_config *cfg);
+RP_HIDDEN void rpi_reserve_destroy(rp_pool *p);
+/* Carve `granules` new granules at the high-water mark for a region of class
+ * cls: charges virtual, commits, sets up descriptors. The region is returned
+ * IN_USE with physical NOT yet charged. NULL + errno on failure, with the
+ * failure counted; nothing changed. */
+RP_HIDDEN rp_rdesc *rpi_carve(rp_pool *p, unsigned cls);
+/* Commit part of the reservation for the heap (virtual charged and counted
+ * as heap). Returns 0 or -ENOMEM (budget or OS; counted). */
+RP_HIDDEN int rpi_heap_commit(rp_pool *p, void *addr, size_t bytes);
+/* Bump-allocate zeroed metadata (never freed; recycled by its owner).
+ * Charged to virtual and physical as metadata. NULL + errno on failure. */
+RP_HIDDEN void *rpi_meta_alloc(rp_pool *p, size_t bytes, size_t align);
+
+static inline size_t rpi_class_bytes(const rp_pool *p, unsigned cls)
+{ return (size_t)1 << (p->gshift + cls); }
+static inline size_t rpi_desc_index(const rp_pool *p, const rp_rdesc *d)
+{ return (size_t)(d - p->desc); }
+static inline void *rpi_desc_base(const rp_pool *p, const rp_rdesc *d)
+{ return p->rbase + (rpi_desc_index(p, d) << p->gshift); }
+static inline size_t rpi_desc_bytes(const rp_pool *p, const rp_rdesc *d)
+{ return rpi_class_bytes(p, d->cls); }
+/* Head descriptor of the carved region containing ptr, or NULL when ptr is
+ * outside the carved part of the region area. O(1). Any thread. */
+static inline rp_rdesc *rpi_desc_lookup(const rp_pool *p, const void *ptr)
+{
+    uintptr_t off = (uintptr_t)ptr - (uintptr_t)p->rbase;
+    if (off >= p->rbytes)
+        return NULL;
+    size_t g = off >> p->gshift;
+    if (g >= rp_load_relaxed_u64((uint64_t *)&p->hwm))
+        return NULL;
+    rp_rdesc *d = &p->desc[g];
+    if (rp_load_relaxed_u32(&d->state) == RS_TAIL)
+        d = &p->desc[rp_load_relaxed_u32(&d->head)];
+    return d;
+}
+
+/* ======================================================================== */
+/* region.c                                                                  */
+
+/* Smallest class holding bytes, or -1 if bytes > region_max_bytes. */
+RP_HIDDEN int rpi_class_of(const rp_pool *p, size_t bytes);
+/* Hand out a region of the smallest class >= bytes to an internal user
+ * (kind RK_SLAB/RK_ARENA/RK_LARGE/RK_USER): state IN_USE, physical charged,
+ * user area zeroed. NULL + errno (ENOMEM/EINVAL) on failure, counted.
+ * Lock-free on reuse. */
+RP_HIDDEN rp_rdesc *rpi_region_get(rp_pool *p, size_t bytes, unsigned kind);
+/* Return a region obtained from rpi_region_get (no validation: internal
+ * callers own it). Purges now or later per config. */
+RP_HIDDEN void rpi_region_put(rp_pool *p, rp_rdesc *d);
+/* Purge free regions until `bytes` of physical are released (or none left).
+ * Returns bytes released. */
+RP_HIDDEN size_t rpi_purge_for(rp_pool *p, size_t bytes);
+/* Purge regions released more than purge_delay_ms ago. */
+RP_HIDDEN void rpi_purge_expired(rp_pool *p);
+RP_HIDDEN int rpi_region_check(rp_pool *p);
+RP_HIDDEN int rpi_purger_start(rp_pool *p);
+RP_HIDDEN void rpi_purger_stop(rp_pool *p);
+
+/* ======================================================================== */
+/* thread.c                                                                  */
+
+/* The calling thread's shard for p, created on first use (NULL + ENOMEM).
+ * The fast path is a thread-local lookup. */
+RP_HIDDEN rp_tstate *rpi_tstate_get(rp_pool *p);
+/* The calling thread's shard for p, or NULL; never creates. */
+RP_HIDDEN rp_tstate *rpi_tstate_peek(rp_pool *p);
+/* Detach every shard of p (pool destruction). */
+RP_HIDDEN void rpi_threads_destroy(rp_pool *p);
+/* Call fn for each live shard under an RCU read-side lock. fn must not block. */
+RP_HIDDEN void rpi_threads_foreach(rp_pool *p, void (*fn)(rp_tstate *, void *),
+                                   void *arg);
+RP_HIDDEN int rpi_threads_init(rp_pool *p);
+
+/* ======================================================================== */
+/* Module hooks, implemented by heap.c, slab.c and arena.c.                   */
+
+RP_HIDDEN int rpi_heap_init(rp_pool *p);      /* after the reservation */
+RP_HIDDEN int rpi_heap_check(rp_pool *p);     /* 0 or -EFAULT (reported) */
+RP_HIDDEN void rpi_heap_stats(rp_pool *p, rp_stats *st);
+RP_HIDDEN bool rpi_heap_owns(const rp_pool *p, const void *ptr);
+RP_HIDDEN void *rpi_heap_alloc(rp_pool *p, size_t size);
+RP_HIDDEN void rpi_heap_free(rp_pool *p, void *ptr);
+RP_HIDDEN size_t rpi_heap_usable(rp_pool *p, const void *ptr);
+RP_HIDDEN void rpi_heap_prefork(rp_pool *p);
+RP_HIDDEN void rpi_heap_postfork(rp_pool *p);
+
+RP_HIDDEN int rpi_slab_init(rp_pool *p);
+RP_HIDDEN int rpi_slab_check(rp_pool *p);
+RP_HIDDEN void rpi_slab_stats(rp_pool *p, rp_stats *st);
+RP_HIDDEN void rpi_slab_thread_exit(rp_pool *p, rp_tstate *ts);
+
+RP_HIDDEN int rpi_arena_init(rp_pool *p);
+RP_HIDDEN int rpi_arena_check(rp_pool *p);
+RP_HIDDEN void rpi_arena_stats(rp_pool *p, rp_stats *st);
+RP_HIDDEN void rpi_arena_thread_exit(rp_pool *p, rp_tstate *ts);
+
+/* ======================================================================== */
+/* pool.c                                                                    */
+
+/* The one error path: count, format "rpool: <message>", call the hook (or
+ * print to stderr), abort in strict mode. p may be NULL. */
+RP_HIDDEN void rpi_report(rp_pool *p, rp_error code, const void *ptr,
+                          const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+RP_HIDDEN void rpi_assert_fail(const char *cond, const char *file, int line)
+    __attribute__((noreturn));
+
+#endif /* RP_INTERNAL_H */
