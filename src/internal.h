@@ -94,21 +94,28 @@ enum rp_rkind {
 
 typedef struct rp_rdesc {
     ck_stack_entry_t link;  /* free-stack link; meaningful only while free */
-    uint32_t state;         /* enum rp_rstate; changed by CAS only */
-    uint32_t head;          /* granule index of this region's head */
-    uint8_t cls;            /* region class (heads) */
-    uint8_t kind;           /* enum rp_rkind; owner writes while IN_USE */
-    uint16_t spare;
-    uint32_t gen;           /* times this head was handed out */
-    uint64_t release_ms;    /* rpi_now_ms() at release (delayed purge) */
+    /* The state word: state | cls << 8 | kind << 16. Changed by CAS only
+     * (or by the carver before the region is reachable); read relaxed by
+     * pointer lookups on any thread. */
+    uint32_t word;
+    uint32_t head;          /* granule index of this region's head; atomic */
+    uint32_t gen;           /* times this head was handed out; atomic */
+    uint32_t spare;
+    uint64_t release_ms;    /* rpi_now_ms() at release; atomic */
     /* State of the layer that owns the region while IN_USE (slab, arena).
-     * Zeroed when the region is handed out. */
+     * Zeroed when the region is handed out; the owner's rules apply. */
     union {
         unsigned char bytes[RP_DESC_USER_BYTES];
         void *align_ptr;
         uint64_t align_u64;
     } user;
 } rp_rdesc;
+
+#define RW_MAKE(state, cls, kind)                                             \
+    ((uint32_t)(state) | (uint32_t)(cls) << 8 | (uint32_t)(kind) << 16)
+#define RW_STATE(w) ((w) & 0xffu)
+#define RW_CLS(w) (((w) >> 8) & 0xffu)
+#define RW_KIND(w) (((w) >> 16) & 0xffu)
 
 _Static_assert(sizeof(rp_rdesc) == 128, "descriptor is two cache lines");
 
@@ -204,6 +211,8 @@ struct rp_pool {
     uint64_t nthreads;              /* live shards; relaxed */
     uint64_t next_tid;
 
+    rp_pool *reg_next;          /* process-wide registry (pool.c) */
+
     /* Other modules' state, allocated from the meta bump area. */
     void *heap;                 /* heap.c */
     void *slab;                 /* slab.c */
@@ -236,11 +245,13 @@ RP_HIDDEN void *rpi_fail_null(rp_pool *p, enum rp_fail why, int err);
  * or NULL with errno. cfg must be validated. */
 RP_HIDDEN rp_pool *rpi_reserve_create(const rp_config *cfg);
 RP_HIDDEN void rpi_reserve_destroy(rp_pool *p);
-/* Carve `granules` new granules at the high-water mark for a region of class
- * cls: charges virtual, commits, sets up descriptors. The region is returned
- * IN_USE with physical NOT yet charged. NULL + errno on failure, with the
- * failure counted; nothing changed. */
-RP_HIDDEN rp_rdesc *rpi_carve(rp_pool *p, unsigned cls);
+/* Carve a region of class cls at the high-water mark: charges virtual,
+ * commits, sets up descriptors. The region is returned IN_USE with `kind`;
+ * physical is NOT charged here. On failure returns NULL, sets *why and
+ * changes nothing (the failure is not counted: the caller may still
+ * succeed another way). */
+RP_HIDDEN rp_rdesc *rpi_carve(rp_pool *p, unsigned cls, unsigned kind,
+                              enum rp_fail *why);
 /* Commit part of the reservation for the heap (virtual charged and counted
  * as heap). Returns 0 or -ENOMEM (budget or OS; counted). */
 RP_HIDDEN int rpi_heap_commit(rp_pool *p, void *addr, size_t bytes);
@@ -255,7 +266,7 @@ static inline size_t rpi_desc_index(const rp_pool *p, const rp_rdesc *d)
 static inline void *rpi_desc_base(const rp_pool *p, const rp_rdesc *d)
 { return p->rbase + (rpi_desc_index(p, d) << p->gshift); }
 static inline size_t rpi_desc_bytes(const rp_pool *p, const rp_rdesc *d)
-{ return rpi_class_bytes(p, d->cls); }
+{ return rpi_class_bytes(p, RW_CLS(rp_load_relaxed_u32(&d->word))); }
 /* Head descriptor of the carved region containing ptr, or NULL when ptr is
  * outside the carved part of the region area. O(1). Any thread. */
 static inline rp_rdesc *rpi_desc_lookup(const rp_pool *p, const void *ptr)
@@ -267,7 +278,7 @@ static inline rp_rdesc *rpi_desc_lookup(const rp_pool *p, const void *ptr)
     if (g >= rp_load_relaxed_u64((uint64_t *)&p->hwm))
         return NULL;
     rp_rdesc *d = &p->desc[g];
-    if (rp_load_relaxed_u32(&d->state) == RS_TAIL)
+    if (RW_STATE(rp_load_relaxed_u32(&d->word)) == RS_TAIL)
         d = &p->desc[rp_load_relaxed_u32(&d->head)];
     return d;
 }
@@ -308,6 +319,8 @@ RP_HIDDEN void rpi_threads_destroy(rp_pool *p);
 RP_HIDDEN void rpi_threads_foreach(rp_pool *p, void (*fn)(rp_tstate *, void *),
                                    void *arg);
 RP_HIDDEN int rpi_threads_init(rp_pool *p);
+RP_HIDDEN void rpi_threads_prefork(void);
+RP_HIDDEN void rpi_threads_postfork(int child);
 
 /* ======================================================================== */
 /* Module hooks, implemented by heap.c, slab.c and arena.c.                   */
@@ -340,6 +353,10 @@ RP_HIDDEN void rpi_arena_thread_exit(rp_pool *p, rp_tstate *ts);
 RP_HIDDEN void rpi_report(rp_pool *p, rp_error code, const void *ptr,
                           const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* Process-wide registry of live pools. rpi_registry_lock takes its lock and
+ * returns the live pool with that id, or NULL; rpi_registry_unlock drops it. */
+RP_HIDDEN rp_pool *rpi_registry_lock(uint64_t id);
+RP_HIDDEN void rpi_registry_unlock(void);
 RP_HIDDEN void rpi_assert_fail(const char *cond, const char *file, int line)
     __attribute__((noreturn));
 

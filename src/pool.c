@@ -1,0 +1,205 @@
+/* pool.c -- pool lifecycle, the process-wide pool registry, fork handling,
+ * and the one error-reporting path.
+ *
+ * Registry: a list of live pools under registry_lock. Thread exit consults
+ * it (by pool id) before touching a pool; fork handlers walk it.
+ *
+ * Lock order (fork prepare takes them all, in this order, and releases in
+ * reverse): registry_lock, then per pool in registry order: threads_lock,
+ * carve_lock, meta_lock, the heap lock. No code path takes an earlier lock
+ * while holding a later one: thread exit holds registry_lock and then takes
+ * threads_lock/carve_lock/meta_lock/heap through detach; nothing takes
+ * registry_lock while holding a pool lock.
+ */
+#include "internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static rp_pool *registry;          /* under registry_lock */
+static uint64_t next_pool_id = 1;  /* under registry_lock */
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+const char *rp_version(void)
+{
+    return RP_VERSION_STRING;
+}
+
+rp_pool *rpi_registry_lock(uint64_t id)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (rp_pool *p = registry; p; p = p->reg_next)
+        if (p->id == id)
+            return p;
+    return NULL;
+}
+
+void rpi_registry_unlock(void)
+{
+    pthread_mutex_unlock(&registry_lock);
+}
+
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (rp_pool *p = registry; p; p = p->reg_next) {
+        pthread_mutex_lock(&p->threads_lock);
+        pthread_mutex_lock(&p->carve_lock);
+        pthread_mutex_lock(&p->meta_lock);
+        rpi_heap_prefork(p);
+    }
+    rpi_threads_prefork();
+}
+
+static void fork_release(int child)
+{
+    rpi_threads_postfork(child);
+    for (rp_pool *p = registry; p; p = p->reg_next) {
+        rpi_heap_postfork(p);
+        pthread_mutex_unlock(&p->meta_lock);
+        pthread_mutex_unlock(&p->carve_lock);
+        pthread_mutex_unlock(&p->threads_lock);
+        if (child) {
+            /* The purger thread does not exist in the child; expired regions
+             * are then purged from within rpool calls (rpi_region_put). */
+            p->purger_running = 0;
+            rp_store_relaxed_u32(&p->purge_busy, 0);
+        }
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+static void fork_parent(void) { fork_release(0); }
+static void fork_child(void) { fork_release(1); }
+
+static void fork_setup(void)
+{
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+static void report_config(const rp_config *c, const char *msg)
+{
+    if (c->error_hook)
+        c->error_hook(c->error_opaque, NULL, RP_ERR_MISUSE, NULL, msg);
+    else
+        fprintf(stderr, "rpool: invalid config: %s\n", msg);
+}
+
+rp_pool *rp_pool_create(const rp_config *cfg)
+{
+    rp_config c;
+    char err[256];
+    if (cfg)
+        c = *cfg;
+    else
+        rp_config_init(&c);
+    if (rp_config_validate(&c, err, sizeof err) != 0) {
+        report_config(&c, err);
+        errno = EINVAL;
+        return NULL;
+    }
+    pthread_once(&fork_once, fork_setup);
+    rp_pool *p = rpi_reserve_create(&c);
+    if (!p)
+        return NULL;
+    int rc = rpi_threads_init(p);
+    if (!rc)
+        rc = rpi_purger_start(p);
+    if (!rc)
+        rc = rpi_heap_init(p);
+    if (!rc)
+        rc = rpi_slab_init(p);
+    if (!rc)
+        rc = rpi_arena_init(p);
+    if (rc) {
+        rpi_purger_stop(p);
+        rpi_reserve_destroy(p);
+        errno = rc == -EINVAL ? EINVAL : ENOMEM;
+        return NULL;
+    }
+    pthread_mutex_lock(&registry_lock);
+    p->id = next_pool_id++;
+    p->reg_next = registry;
+    registry = p;
+    pthread_mutex_unlock(&registry_lock);
+    return p;
+}
+
+void rp_pool_destroy(rp_pool *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&registry_lock);
+    rp_pool **pp = &registry;
+    while (*pp && *pp != p)
+        pp = &(*pp)->reg_next;
+    bool found = *pp == p;
+    if (found)
+        *pp = p->reg_next;
+    pthread_mutex_unlock(&registry_lock);
+    if (!found) {
+        rpi_report(NULL, RP_ERR_MISUSE, p,
+                   "rp_pool_destroy(%p): not a live pool (destroyed twice?)",
+                   (void *)p);
+        return;
+    }
+    rpi_purger_stop(p);
+    rpi_threads_destroy(p);
+    rpi_reserve_destroy(p);
+}
+
+int rp_check(rp_pool *p)
+{
+    if (!p)
+        return -EINVAL;
+    int rc = rpi_region_check(p);
+    if (!rc)
+        rc = rpi_heap_check(p);
+    if (!rc)
+        rc = rpi_slab_check(p);
+    if (!rc)
+        rc = rpi_arena_check(p);
+    return rc;
+}
+
+static const char *code_name(rp_error code)
+{
+    switch (code) {
+    case RP_ERR_FOREIGN: return "foreign-pointer";
+    case RP_ERR_INTERIOR: return "interior-pointer";
+    case RP_ERR_NOT_LIVE: return "not-live";
+    case RP_ERR_WRONG_API: return "wrong-api";
+    case RP_ERR_CORRUPT: return "corrupt";
+    case RP_ERR_INVARIANT: return "invariant";
+    case RP_ERR_MISUSE: return "misuse";
+    }
+    return "error";
+}
+
+void rpi_report(rp_pool *p, rp_error code, const void *ptr, const char *fmt, ...)
+{
+    char msg[384];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (p)
+        rp_add_relaxed_u64(&p->acct.errors, 1);
+    if (p && p->cfg.error_hook)
+        p->cfg.error_hook(p->cfg.error_opaque, p, code, ptr, msg);
+    else
+        fprintf(stderr, "rpool: [%s] %s\n", code_name(code), msg);
+    if (p && p->cfg.strict) {
+        fprintf(stderr, "rpool: strict mode: aborting\n");
+        abort();
+    }
+}
+
+void rpi_assert_fail(const char *cond, const char *file, int line)
+{
+    fprintf(stderr, "rpool: assertion failed: %s (%s:%d)\n", cond, file, line);
+    abort();
+}
