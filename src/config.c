@@ -27,6 +27,10 @@
 
 enum ftype { F_SIZE, F_U32, F_INT };
 
+/* Region classes span [region_min_bytes, region_max_bytes] within
+ * [4 KiB, 1 GiB]: at most 19 classes, so RP_MAX_CLASSES always suffices. */
+_Static_assert(30 - 12 + 1 <= RP_MAX_CLASSES, "class table holds every legal range");
+
 struct field {
     const char *name;
     size_t off;
@@ -153,11 +157,6 @@ int rp_config_validate(const rp_config *c, char *err, size_t len)
     if (c->region_max_bytes < c->region_min_bytes)
         return fail(err, len, "region_max_bytes = %zu: must be >= region_min_bytes (%zu)",
                     c->region_max_bytes, c->region_min_bytes);
-    if (rp_log2(c->region_max_bytes) - rp_log2(c->region_min_bytes) + 1 > RP_MAX_CLASSES)
-        return fail(err, len,
-                    "region_max_bytes = %zu: at most %d classes above region_min_bytes (%zu), so at most %zu",
-                    c->region_max_bytes, RP_MAX_CLASSES, c->region_min_bytes,
-                    c->region_min_bytes << (RP_MAX_CLASSES - 1));
     if (c->heap_bytes > c->reserve_bytes / 2)
         return fail(err, len, "heap_bytes = %zu: must be 0 or in [%zu, reserve_bytes/2 = %zu]",
                     c->heap_bytes, 1 * MiB, c->reserve_bytes / 2);
