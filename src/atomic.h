@@ -126,9 +126,10 @@ void AnnotateIgnoreSyncEnd(const char *file, int line);
     static inline T rp_swap_##N(T *p, T v)                                    \
     { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); }
 
+typedef void *rp_vptr; /* a macro argument of `void *` would bind const wrongly */
 RP_DEF_ATOMICS(uint32_t, u32)
 RP_DEF_ATOMICS(uint64_t, u64)
-RP_DEF_ATOMICS(void *, ptr)
+RP_DEF_ATOMICS(rp_vptr, ptr)
 
 /* Relaxed counters: no ordering, no happens-before. */
 static inline uint64_t rp_add_relaxed_u64(uint64_t *p, uint64_t v)

@@ -77,8 +77,13 @@ rp_pool *rpi_reserve_create(const rp_config *cfg)
     p->gshift = rp_log2(gran);
     p->nclasses = rp_log2(cfg->region_max_bytes) - p->gshift + 1;
     p->ngranules = p->rbytes / gran;
-    for (unsigned c = 0; c < p->nclasses; c++)
+    for (unsigned c = 0; c < p->nclasses; c++) {
         ck_stack_init(&p->cls[c].free);
+        /* ck_stack's ABA generation is a char * bumped by pointer arithmetic;
+         * from NULL the first bump is NULL + 1, which UBSan rightly flags.
+         * Any non-NULL start works: only equality of generations matters. */
+        p->cls[c].free.generation = (char *)p->cls;
+    }
     pthread_mutex_init(&p->carve_lock, NULL);
     pthread_mutex_init(&p->meta_lock, NULL);
 
