@@ -284,6 +284,10 @@ typedef struct rp_stats {
     size_t heap_peak_allocated_bytes;
     size_t heap_largest_request;
     uint64_t heap_oom_count;
+    /* Live bytes the heap guarantees to serve under worst-case
+     * fragmentation (half-fit bound) for requests up to the largest it
+     * accepts; see docs/HEAP.md. */
+    size_t heap_guaranteed_live_bytes;
     size_t arena_bytes;     /* bytes handed out by live arenas */
     size_t slab_bytes;      /* object bytes in use (rounded to class) */
     uint64_t carves, reuses, purges, splits;

@@ -333,6 +333,18 @@ RP_HIDDEN void *rpi_heap_alloc(rp_pool *p, size_t size);
 RP_HIDDEN void rpi_heap_free(rp_pool *p, void *ptr);
 RP_HIDDEN size_t rpi_heap_usable(rp_pool *p, const void *ptr);
 RP_HIDDEN void rpi_heap_prefork(rp_pool *p);
+/* Largest request the heap can ever serve (0: no heap). O(1). */
+RP_HIDDEN size_t rpi_heap_max_request(const rp_pool *p);
+/* Largest sum of live bytes the heap guarantees against worst-case
+ * fragmentation (half-fit: H = 2M(1 + ceil(log2 n)), in 64-byte units) when
+ * every request is <= max_request (0 = rpi_heap_max_request). 0 if no heap. */
+RP_HIDDEN size_t rpi_heap_guaranteed_live(const rp_pool *p, size_t max_request);
+/* Capacity that guarantees live_bytes with requests <= max_request;
+ * SIZE_MAX on overflow. */
+RP_HIDDEN size_t rpi_heap_required_capacity(size_t live_bytes, size_t max_request);
+/* As rpi_heap_alloc, but lack of heap space is not counted in fail_other
+ * (for callers with another place to go). */
+RP_HIDDEN void *rpi_heap_try_alloc(rp_pool *p, size_t size);
 RP_HIDDEN void rpi_heap_postfork(rp_pool *p);
 
 RP_HIDDEN int rpi_slab_init(rp_pool *p);

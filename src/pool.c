@@ -18,7 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Recursive: a malloc reached from thread-exit processing (liburcu's
+ * call_rcu allocates) may come back here on the same thread when rpool is
+ * the process's malloc (librpool-malloc.so). */
+static pthread_mutex_t registry_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 static rp_pool *registry;          /* under registry_lock */
 static uint64_t next_pool_id = 1;  /* under registry_lock */
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
@@ -69,7 +72,16 @@ static void fork_release(int child)
             rp_store_relaxed_u32(&p->purge_busy, 0);
         }
     }
-    pthread_mutex_unlock(&registry_lock);
+    if (child) {
+        /* A recursive mutex records its owner's kernel thread id, which the
+         * child's only thread does not have: unlocking would fail (EPERM)
+         * and leave the lock held forever. Start the child with a fresh one
+         * (no other thread exists in the child to hold it). */
+        pthread_mutex_t fresh = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+        registry_lock = fresh;
+    } else {
+        pthread_mutex_unlock(&registry_lock);
+    }
 }
 
 static void fork_parent(void) { fork_release(0); }
@@ -120,6 +132,17 @@ rp_pool *rp_pool_create(const rp_config *cfg)
         errno = rc == -EINVAL ? EINVAL : ENOMEM;
         return NULL;
     }
+    /* The half-fit worst case: warn when the heap cannot guarantee even one
+     * mid-sized request (up to 1 MiB, or its largest if smaller) under
+     * worst-case fragmentation (docs/HEAP.md). */
+    size_t maxr = rpi_heap_max_request(p);
+    if (maxr > ((size_t)1 << 20))
+        maxr = (size_t)1 << 20;
+    size_t live = rpi_heap_guaranteed_live(p, maxr);
+    if (p->heap_bytes && live < maxr)
+        fprintf(stderr,
+                "rpool: warning: heap_bytes=%zu guarantees only %zu live bytes under worst-case "
+                "fragmentation for requests up to %zu\n", p->heap_bytes, live, maxr);
     pthread_mutex_lock(&registry_lock);
     p->id = next_pool_id++;
     p->reg_next = registry;

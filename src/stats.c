@@ -62,6 +62,7 @@ int rp_stats_get(rp_pool *p, rp_stats *st)
         st->splits += cs->splits;
     }
     rpi_heap_stats(p, st);
+    st->heap_guaranteed_live_bytes = rpi_heap_guaranteed_live(p, 0);
     rpi_slab_stats(p, st);
     rpi_arena_stats(p, st);
     return 0;
@@ -115,9 +116,11 @@ static void print_text(struct out *o, const rp_stats *s)
              k->region_bytes, k->in_use, k->free_dirty, k->free_clean, k->carves, k->reuses,
              k->purges);
     }
-    outf(o, "heap: capacity %zu committed %zu allocated %zu peak %zu largest %zu ooms %" PRIu64 "\n",
+    outf(o, "heap: capacity %zu committed %zu allocated %zu peak %zu largest %zu ooms %" PRIu64
+            "; guaranteed live under worst-case fragmentation %zu\n",
          s->heap_capacity_bytes, s->heap_committed_bytes, s->heap_allocated_bytes,
-         s->heap_peak_allocated_bytes, s->heap_largest_request, s->heap_oom_count);
+         s->heap_peak_allocated_bytes, s->heap_largest_request, s->heap_oom_count,
+         s->heap_guaranteed_live_bytes);
     outf(o, "objects: %zu bytes; arenas: %zu bytes; threads: %" PRIu64 "\n", s->slab_bytes,
          s->arena_bytes, s->threads);
     outf(o, "failures: virtual %" PRIu64 " physical %" PRIu64 " os %" PRIu64 " other %" PRIu64
@@ -152,10 +155,10 @@ static void print_json(struct out *o, const rp_stats *s)
     }
     outf(o, "]},\"heap\":{\"capacity_bytes\":%zu,\"committed_bytes\":%zu,\"physical_bytes\":%zu,"
             "\"allocated_bytes\":%zu,\"peak_allocated_bytes\":%zu,\"largest_request\":%zu,"
-            "\"oom_count\":%" PRIu64 "},",
+            "\"oom_count\":%" PRIu64 ",\"guaranteed_live_bytes\":%zu},",
          s->heap_capacity_bytes, s->heap_committed_bytes, s->heap_physical_bytes,
          s->heap_allocated_bytes, s->heap_peak_allocated_bytes, s->heap_largest_request,
-         s->heap_oom_count);
+         s->heap_oom_count, s->heap_guaranteed_live_bytes);
     outf(o, "\"slab_bytes\":%zu,\"arena_bytes\":%zu,\"threads\":%" PRIu64 ","
             "\"failures\":{\"virtual\":%" PRIu64 ",\"physical\":%" PRIu64 ",\"os\":%" PRIu64
             ",\"other\":%" PRIu64 "},\"misuse_reports\":%" PRIu64 "}\n",
