@@ -58,14 +58,19 @@ int rpi_threads_init(rp_pool *p)
 static void reclaim(struct rcu_head *head)
 {
     rp_tstate *ts = (rp_tstate *)((char *)head - offsetof(rp_tstate, rcu_space));
-    rp_pool *p = ts->pool;
+    rp_hb_acquire(ts);         /* pairs with rp_hb_release(ts) in detach */
     rp_hb_acquire(&rcu_token); /* pairs with readers' release before unlock */
+    rp_pool *p = ts->pool;
     pthread_mutex_lock(&p->threads_lock);
     RP_HIDE_BEGIN();
     ts->next_free = p->free_ts;
     p->free_ts = ts;
     RP_HIDE_END();
     pthread_mutex_unlock(&p->threads_lock);
+    /* Pairs with the acquire after rcu_barrier in rpi_threads_destroy:
+     * liburcu's barrier orders this callback before the pool's teardown,
+     * but TSan cannot see inside liburcu. */
+    rp_hb_release(&p->free_ts);
 }
 
 _Static_assert(sizeof(((rp_tstate *)0)->rcu_space) >= sizeof(struct rcu_head),
@@ -150,6 +155,10 @@ static rp_tstate *create(rp_pool *p)
     ts->live = 1;
     pthread_mutex_lock(&p->threads_lock);
     ts->tid = ++p->next_tid;
+    /* Publication: the list add is a release (rcu_assign_pointer) that TSan
+     * cannot see (hidden). Pairs with the acquire in rpi_threads_foreach, so
+     * readers see the zeroed, initialized shard. */
+    rp_hb_release(ts);
     RP_HIDE_BEGIN();
     cds_list_add_rcu(&ts->node, &p->threads);
     RP_HIDE_END();
@@ -190,14 +199,21 @@ int rp_thread_detach(rp_pool *p)
 void rpi_threads_foreach(rp_pool *p, void (*fn)(rp_tstate *, void *), void *arg)
 {
     rcu_read_lock();
-    rp_tstate *ts;
+    /* Walk list links and convert only real entries: forming an rp_tstate
+     * pointer from the list head itself (as cds_list_for_each_entry_rcu
+     * does) is a misaligned pointer to a 64-byte-aligned type. */
+    struct cds_list_head *head = &p->threads, *n;
     RP_HIDE_BEGIN();
-    cds_list_for_each_entry_rcu(ts, &p->threads, node) {
-        RP_HIDE_END();
-        fn(ts, arg); /* reads shard fields with atomics only */
-        RP_HIDE_BEGIN();
-    }
+    n = rcu_dereference(head->next);
     RP_HIDE_END();
+    while (n != head) {
+        rp_tstate *ts = caa_container_of(n, rp_tstate, node);
+        rp_hb_acquire(ts); /* pairs with the release before the list add */
+        fn(ts, arg);       /* reads shard fields with atomics only */
+        RP_HIDE_BEGIN();
+        n = rcu_dereference(n->next);
+        RP_HIDE_END();
+    }
     rp_hb_release(&rcu_token); /* pairs with the acquire in reclaim */
     rcu_read_unlock();
 }
@@ -221,6 +237,7 @@ void rpi_threads_destroy(rp_pool *p)
     if (p == slots[0].pool)
         slots[0].pool = NULL;
     rcu_barrier(); /* no reclaim callback may touch p after it is unmapped */
+    rp_hb_acquire(&p->free_ts); /* pairs with the release ending reclaim */
     pthread_mutex_destroy(&p->threads_lock);
 }
 
