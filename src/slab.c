@@ -1,0 +1,1814 @@
+/* slab.c -- size-class object pools: rp_alloc, rp_calloc, rp_realloc,
+ * rp_aligned_alloc, rp_free, rp_usable_size.
+ *
+ * Concept. Requests up to RP_OBJECT_MAX (32 KiB) are rounded up to one of 40
+ * size classes (16, 32, 48, 64, then 4 per power of two up to 32 KiB) and
+ * served from *slabs*: regions of kind RK_SLAB (rpi_region_get) cut into
+ * equal objects, object 0 at the region base. Objects carry no header: the
+ * class comes from the pointer's region descriptor (O(1) arithmetic), whose
+ * 96-byte user area holds the slab's metadata (struct slab). Larger requests
+ * go to the fallback heap (up to heap_max, see large_alloc) or to a region
+ * of their own (RK_LARGE). docs/OBJECTS.md has the tables and the numbers.
+ *
+ * Who touches what.
+ *  - Each (thread, pool) shard holds a struct tcache in its ts->slab blob:
+ *    per class a free list of objects of its current slab (the "bin"), the
+ *    current slab, a list of partial slabs and a list of full slabs, plus a
+ *    few empty slabs kept for reuse. Only the owning thread touches a
+ *    tcache, except the per-class net counters (owner stores them relaxed,
+ *    rpi_slab_stats loads them relaxed) and rp_check (hidden, quiescent).
+ *  - A slab is owned by one tcache (s->owner = that thread's token: its
+ *    thread pointer). Only the owner touches s->free (the local free list),
+ *    s->used and the list links.
+ *    Any thread reads s->owner, s->bump (relaxed) and the constant format
+ *    fields (size, cap, divc, first, cls: written before any object of the
+ *    slab is handed out, so a freer holding a pointer sees them through the
+ *    user's own hand-off of the pointer).
+ *  - Frees by other threads go to the slab's remote list, whose head lives
+ *    in the 64-bit word s->xword together with the list length and the
+ *    ownership state; freers push with CAS, the owner takes the whole list
+ *    with one exchange. The same word records abandonment: when a thread
+ *    exits, its partly used slabs go to a pool-wide lock-free stack per
+ *    class (p->slab->ab[c]) from which other threads adopt them by CAS on
+ *    the word (exactly one wins); the freer whose free makes an abandoned
+ *    slab completely free marks it DEAD and the next holder releases it.
+ *  - The fast paths (rp_alloc from a non-empty bin: 21 instructions;
+ *    rp_free of an object of a current or partial slab the calling thread
+ *    owns, not its last object out: 35) touch only the calling thread's
+ *    tcache and slab metadata: no lock, no atomic read-modify-write, no
+ *    call. They are compiled only without sanitizers and used only by
+ *    tcaches that are not "slow" (hardened pool, or a TSan runtime present
+ *    in the process). Owner words with bit 0 set (every slab of a slow
+ *    tcache; full and empty slabs of any tcache) never match the fast
+ *    free, so those frees take the general path, which does the list moves
+ *    and the checks.
+ *
+ * Invariants (per slab; "bumped" = bump / size = slots ever handed out):
+ *   used == bumped - |s->free|            (objects with users, in the bin
+ *                                          list when current, in the remote
+ *                                          list: all counted in used)
+ *   XW_COUNT(xword) == |remote list| <= used
+ *   owned, not current, not empty-cached:  used > 0
+ *   abandoned: owner == 0, XW_AUSED == used at abandonment,
+ *              live objects == XW_AUSED - XW_COUNT > 0 (else DEAD)
+ *   hardened:  popcount(bitmap) == used - |bin list| - XW_COUNT
+ * Per class c:
+ *   objects in use == ab[c].net + sum over live shards of bin[c].net
+ *   (allocations count +1 in the allocating thread's shard, frees -1 in the
+ *   freeing thread's shard; a detaching shard adds its nets to ab[c].net)
+ *
+ * Lock order: slab.c takes no lock of its own. It calls the region layer
+ * (lock-free except carving), the heap (its own spinlock, never held on
+ * return) and the thread registry (rpi_tstate_get; threads_lock on shard
+ * creation). rpi_slab_thread_exit runs with registry/threads locks as
+ * thread.c holds them and takes none.
+ *
+ * Sanitizers (see atomic.h). TSan: every free does rp_hb_release(obj)
+ * before the object is linked anywhere, every allocation rp_hb_acquire(obj)
+ * after it is unlinked; remote-list and abandoned-stack operations and every
+ * read of a free-list link run hidden (RP_HIDE_*); abandonment hands the
+ * slab's metadata over with rp_hb_release(s)/rp_hb_acquire(s); before a slab
+ * is reformatted or released, its owner acquires every slot (the last free
+ * of each slot happens-before the memory's next use). ASan: free objects and
+ * never-used slots are poisoned; the link accessors opt out of ASan.
+ */
+#include "internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Fast paths only in plain builds: sanitizer builds take the general path,
+ * which carries the annotations. */
+#if RP_TSAN || RP_ASAN
+#define RP_FAST 0
+#else
+#define RP_FAST 1
+#endif
+
+#if RP_ASAN
+#define NOASAN __attribute__((no_sanitize("address"), noinline))
+#else
+#define NOASAN
+#endif
+
+/* ======================================================================== */
+/* Size classes.                                                            */
+
+#define NCLS 40
+#define MIN_OBJS 8          /* objects per slab when region_max allows */
+#define EMPTY_MAX 4         /* empty slabs a thread keeps for reuse */
+#define FULL_SCAN 16        /* full slabs polled for remote frees per refill */
+
+static const uint32_t cls_bytes[NCLS] = {
+    16,    32,    48,    64,    80,    96,    112,   128,   160,   192,
+    224,   256,   320,   384,   448,   512,   640,   768,   896,   1024,
+    1280,  1536,  1792,  2048,  2560,  3072,  3584,  4096,  5120,  6144,
+    7168,  8192,  10240, 12288, 14336, 16384, 20480, 24576, 28672, 32768};
+
+/* Class of 64 < s <= 32 KiB: s in (2^k, 2^(k+1)] falls in the
+ * ceil((s - 2^k) / 2^(k-2))-th quarter step. O(1). */
+static inline unsigned class_big(size_t s)
+{
+    size_t w = s - 1;
+    unsigned k = rp_log2(w);
+    return 4 * k - 20 + (unsigned)((w >> (k - 2)) & 3);
+}
+
+/* Class of every size, indexed by (size + 15) / 16 (class edges are
+ * multiples of 16), stored as the byte offset of the class's bin in a
+ * tcache (class * sizeof(struct bin)): one load and one add on the fast
+ * path. Filled once per process (slab_once) before any pool exists;
+ * read-only afterwards. */
+static uint16_t cls_lut[RP_OBJECT_MAX / 16 + 1];
+#define BIN_BYTES 16u /* sizeof(struct bin), asserted below */
+
+_Static_assert(RP_OBJECT_MAX == 32768, "the class table ends at RP_OBJECT_MAX");
+
+static void lut_fill(void)
+{
+    for (size_t i = 0; i <= RP_OBJECT_MAX / 16; i++) {
+        size_t s = i * 16; /* the largest size with this index */
+        unsigned c = s <= 64 ? (s ? (unsigned)(s / 16 - 1) : 0) : class_big(s);
+        cls_lut[i] = (uint16_t)(c * BIN_BYTES);
+    }
+}
+
+/* Class of 0 <= s <= RP_OBJECT_MAX (0 counts as 1). O(1). */
+static inline unsigned class_of(size_t s)
+{
+    return cls_lut[(s + 15) >> 4] / BIN_BYTES;
+}
+
+/* ======================================================================== */
+/* Data.                                                                    */
+
+/* The remote word: | state:4 | aused:20 | count:20 | head:20 |.
+ * head = index + 1 of the last object pushed (0: empty); count = objects on
+ * the remote list; aused = objects out when the slab was abandoned. */
+#define XW_BITS 20
+#define XW_MASK (((uint64_t)1 << XW_BITS) - 1)
+#define XW_HEAD(w) ((uint32_t)((w) & XW_MASK))
+#define XW_COUNT(w) ((uint32_t)(((w) >> XW_BITS) & XW_MASK))
+#define XW_AUSED(w) ((uint32_t)(((w) >> (2 * XW_BITS)) & XW_MASK))
+#define XW_STATE(w) ((unsigned)((w) >> 60))
+#define XW_MAKE(h, x, a, st)                                                  \
+    ((uint64_t)(h) | (uint64_t)(x) << XW_BITS | (uint64_t)(a) << (2 * XW_BITS) | \
+     (uint64_t)(st) << 60)
+enum { XS_OWNED = 0, XS_ABANDONED = 1, XS_DEAD = 2 };
+#define CAP_MAX ((uint32_t)XW_MASK - 1) /* head = index + 1 must fit */
+
+/* Where an owned slab sits. */
+enum { W_NONE = 0, W_CUR, W_PARTIAL, W_FULL, W_EMPTY, W_ABANDONED };
+
+#define SLAB_QUARANTINE 1u /* a corrupt link was found: never reused */
+#define OWNER_SLOW ((uint64_t)1) /* owner word bit 0: fast free never matches */
+
+/* Slab metadata, in the region descriptor's user area (descriptor bytes
+ * 32..127: both of its cache lines). The fields the fast free reads come
+ * first. */
+struct slab {
+    uint64_t owner;     /* owner token (| OWNER_SLOW), 0 = none; owner writes
+                           relaxed, any thread reads relaxed */
+    void *free;         /* local free list (owner) */
+    uint64_t divc;      /* ceil(2^64 / size): n % size == 0 iff n * divc < divc */
+    uint64_t bump;      /* bytes of the object area handed out at least once;
+                           owner writes relaxed, freers read relaxed */
+    int32_t used;       /* see the invariants (owner) */
+    uint32_t bm_off;    /* hardened: bitmap offset from first */
+    uint64_t *net;      /* owner's bin[cls].net (owner) */
+    uint64_t xword;     /* remote list + state; CAS by any thread */
+    char *first;        /* object 0 == the region base */
+    uint32_t size;      /* object bytes */
+    uint32_t cap;       /* objects */
+    union {
+        struct {
+            struct slab *next, *prev; /* owner's circular lists / empty cache */
+        } l;
+        ck_stack_entry_t alink;       /* abandoned stack (while abandoned) */
+    } u;
+    uint8_t cls;
+    uint8_t where;      /* W_* (owner) */
+    uint8_t flags;      /* SLAB_* (owner) */
+    uint8_t spare;
+};
+_Static_assert(sizeof(struct slab) <= RP_DESC_USER_BYTES,
+               "slab metadata fits the descriptor's user area");
+
+/* Large object bookkeeping (RK_LARGE), in the descriptor's user area. */
+struct large {
+    uint64_t off;       /* object start - region base (alignment) */
+};
+_Static_assert(sizeof(struct large) <= RP_DESC_USER_BYTES, "large header fits");
+
+/* Per-thread, per-class hot state: the fast alloc path touches only this. */
+struct bin {
+    void *free;         /* free objects of the current slab (owner) */
+    uint64_t net;       /* allocations - frees by this thread (two's
+                           complement); owner stores relaxed, stats load */
+};
+_Static_assert(sizeof(struct bin) == BIN_BYTES, "the class table holds bin offsets");
+
+struct cold {
+    struct slab *cur;     /* slab whose objects fill bin.free */
+    struct slab *partial; /* circular list: owned slabs with free objects */
+    struct slab *full;    /* circular list: owned slabs without local free
+                             objects (remote frees may be pending) */
+};
+
+struct tcache {
+    struct bin bin[NCLS];
+    struct cold cold[NCLS];
+    struct slab *empty;   /* empty slabs kept for reuse (any class) */
+    uint32_t nempty;
+    uint32_t inited;
+    uint64_t token;       /* owner word of this tcache's slabs */
+    uint32_t slow;        /* 1: no fast paths (hardened, TSan runtime) */
+    uint32_t spare;
+};
+_Static_assert(sizeof(struct tcache) <= RP_TS_SLAB_BYTES,
+               "the tcache fits the shard's slab blob");
+_Static_assert(_Alignof(struct tcache) <= RP_CACHELINE, "blob alignment suffices");
+
+struct cls_info {
+    uint32_t size;       /* object bytes */
+    uint32_t cap;        /* objects per slab; 0: class not served by slabs */
+    uint64_t divc;       /* ceil(2^64 / size) */
+    size_t slab_bytes;   /* region bytes of one slab */
+    uint32_t bm_off;     /* hardened: bitmap offset from the slab base */
+    uint32_t batch;      /* slots linked per bump extension */
+};
+
+/* Abandoned slabs of one class. */
+struct ab_cls {
+    ck_stack_t stack __attribute__((aligned(16)));
+    uint64_t n;          /* slabs on the stack or held by a sweeper; relaxed */
+    uint64_t net;        /* nets of detached shards (two's complement); relaxed */
+} __attribute__((aligned(RP_CACHELINE)));
+
+struct slab_pool {
+    struct ab_cls ab[NCLS];
+    struct cls_info cls[NCLS];
+    uint64_t secret;     /* hardened link key */
+    size_t heap_max;     /* largest size routed to the heap first (0: none) */
+    size_t base_align;   /* every region base is aligned to this */
+};
+
+static inline struct slab_pool *sp_of(const rp_pool *p)
+{
+    return (struct slab_pool *)p->slab;
+}
+
+static inline struct slab *slab_of(rp_rdesc *d)
+{
+    return (struct slab *)(void *)d->user.bytes;
+}
+
+static inline rp_rdesc *desc_of(struct slab *s)
+{
+    return (rp_rdesc *)(void *)((char *)s - offsetof(rp_rdesc, user));
+}
+
+static inline struct tcache *tc_of_ts(rp_tstate *ts)
+{
+    return (struct tcache *)(void *)ts->slab;
+}
+
+/* The tcache owning a slab, from its net pointer. O(1). */
+static inline struct tcache *tc_of_slab(struct slab *s)
+{
+    return (struct tcache *)(void *)((char *)s->net - offsetof(struct tcache, bin) -
+                                     (size_t)s->cls * sizeof(struct bin) -
+                                     offsetof(struct bin, net));
+}
+
+/* Update of a counter that only its owner thread writes and stats reads
+ * with relaxed loads. TSan builds: a relaxed store. Other builds: a plain
+ * read-modify-write, which gcc emits as one aligned `add` to memory (a
+ * relaxed store through ck costs three instructions on the fast paths); a
+ * single writer and an aligned 8-byte word make every value a reader can
+ * load one the counter held. O(1). */
+static inline void owner_add(uint64_t *c, uint64_t v)
+{
+#if RP_TSAN
+    rp_store_relaxed_u64(c, rp_load_relaxed_u64(c) + v);
+#else
+    *c += v;
+#endif
+}
+
+/* ======================================================================== */
+/* Thread tokens and the fast-path cache.                                   */
+
+static pthread_once_t slab_once_ctl = PTHREAD_ONCE_INIT;
+
+static uint64_t random64(void)
+{
+    uint64_t v = 0;
+    if (getentropy(&v, sizeof v) != 0 || v == 0) {
+        /* No entropy source: addresses and time, mixed (splitmix64). */
+        v = (uint64_t)(uintptr_t)&v ^ (rpi_now_ms() << 17) ^ (uint64_t)getpid();
+        v += 0x9e3779b97f4a7c15ull;
+        v = (v ^ (v >> 30)) * 0xbf58476d1ce4e5b9ull;
+        v = (v ^ (v >> 27)) * 0x94d049bb133111ebull;
+        v ^= v >> 31;
+    }
+    return v;
+}
+
+static void slab_once(void)
+{
+    lut_fill();
+}
+
+/* This thread's token: the thread pointer (the address of its control
+ * block: unique among live threads, 64-byte aligned, never 0), one load of
+ * %fs:0. No other user of a descriptor's user area can hold such a value
+ * there (arena.c keeps a descriptor pointer or NULL at offset 0; region.c
+ * zeroes the area when a region is handed out), and bit 0 clear keeps it
+ * distinct from a slow owner word. O(1). */
+static inline uint64_t thread_token(void)
+{
+    return (uint64_t)(uintptr_t)__builtin_thread_pointer();
+}
+
+#if RP_FAST
+/* One-entry cache of the last pool used by rp_alloc on this thread, keyed
+ * by the pool's id (unique in the process, never reused, never 0), so a new
+ * pool created at a destroyed pool's address never matches. initial-exec:
+ * no __tls_get_addr on the fast path (the library is loaded with the
+ * program or preloaded). Reset by rpi_slab_thread_exit on this thread. */
+struct tlc {
+    uint64_t id;
+    char *bins;          /* that pool's tcache bins (byte-addressed) */
+};
+static __thread struct tlc tlc __attribute__((tls_model("initial-exec")));
+#endif
+
+/* ======================================================================== */
+/* Free-list links (the first word of a free object).                       */
+
+/* Raw accessors: ASan does not check them (free objects are poisoned), TSan
+ * does not see the reads (a link may have been written by a remote freer;
+ * the object's rp_hb_acquire comes after it is unlinked). */
+NOASAN static void *raw_load(const void *o)
+{
+    return *(void *const *)o;
+}
+
+NOASAN static void raw_store(void *o, void *v)
+{
+    *(void **)o = v;
+}
+
+static inline void *link_raw_get(const void *o)
+{
+    RP_HIDE_BEGIN();
+    void *v = raw_load(o);
+    RP_HIDE_END();
+    return v;
+}
+
+/* Hardened links: next ^ secret ^ (address of the link >> 12). */
+static inline uint64_t link_key(const rp_pool *p, const void *at)
+{
+    return sp_of(p)->secret ^ ((uint64_t)(uintptr_t)at >> 12);
+}
+
+static inline void *link_get(const rp_pool *p, const void *o)
+{
+    uint64_t v = (uint64_t)(uintptr_t)link_raw_get(o);
+    if (p->cfg.hardened)
+        v ^= link_key(p, o);
+    return (void *)(uintptr_t)v;
+}
+
+static inline void link_set(const rp_pool *p, void *o, void *next)
+{
+    uint64_t v = (uint64_t)(uintptr_t)next;
+    if (p->cfg.hardened)
+        v ^= link_key(p, o);
+    raw_store(o, (void *)(uintptr_t)v);
+}
+
+/* Index of the slot at byte offset n (n < 2^32). O(1). */
+static inline uint32_t slot_index(const struct slab *s, uint64_t n)
+{
+    return (uint32_t)(((unsigned __int128)n * s->divc) >> 64);
+}
+
+static inline uint32_t bumped(const struct slab *s)
+{
+    return slot_index(s, rp_load_relaxed_u64(&s->bump));
+}
+
+static inline void *slot(const struct slab *s, uint32_t i)
+{
+    return s->first + (size_t)i * s->size;
+}
+
+/* A link read from slab s may point only at a handed-out slot of s. */
+static inline bool link_ok(const struct slab *s, const void *next)
+{
+    uint64_t n = (uint64_t)((uintptr_t)next - (uintptr_t)s->first);
+    return next == NULL || (n < rp_load_relaxed_u64(&s->bump) && n * s->divc < s->divc);
+}
+
+/* Read the link of o in slab s. A hardened pool validates it: a link out
+ * of its slab is reported (RP_ERR_CORRUPT), the slab is quarantined (it is
+ * never reused, so the damaged list is never followed again) and NULL is
+ * returned. O(1). */
+static void *link_next(rp_pool *p, struct slab *s, const void *o)
+{
+    void *next = link_get(p, o);
+    if (RP_UNLIKELY(p->cfg.hardened && !link_ok(s, next))) {
+        s->flags |= SLAB_QUARANTINE;
+        rpi_report(p, RP_ERR_CORRUPT, o,
+                   "free-list link of object %p in the %u-byte slab at %p decodes to %p, "
+                   "outside its slab (overwritten after free?)",
+                   o, s->size, (void *)s->first, next);
+        return NULL;
+    }
+    return next;
+}
+
+/* ======================================================================== */
+/* Hardened allocation bitmap (1 = handed to the user), at the slab's end.  */
+
+static inline uint64_t *bm_word(const struct slab *s, uint32_t i)
+{
+    return (uint64_t *)(void *)(s->first + s->bm_off) + (i >> 6);
+}
+
+/* Set (set = true) or clear bit i; returns the bit's previous value.
+ * Relaxed CAS: the bitmap publishes nothing (objects change hands through
+ * the free lists and their own TSan annotations). O(1) amortized. */
+static bool bm_update(const struct slab *s, uint32_t i, bool set)
+{
+    uint64_t *w = bm_word(s, i), bit = (uint64_t)1 << (i & 63);
+    uint64_t cur = rp_load_relaxed_u64(w), next;
+    do {
+        next = set ? cur | bit : cur & ~bit;
+        /* CAS loop on one bitmap word; pairs with nothing. */
+    } while (!rp_cas_relaxed_u64(w, &cur, next));
+    return (cur & bit) != 0;
+}
+
+static inline size_t bm_bytes(uint32_t cap)
+{
+    return ((size_t)cap + 63) / 64 * 8;
+}
+
+/* ======================================================================== */
+/* Owner lists (circular, doubly linked).                                   */
+
+static void list_add(struct slab **head, struct slab *s)
+{
+    if (!*head) {
+        s->u.l.next = s->u.l.prev = s;
+        *head = s;
+        return;
+    }
+    struct slab *h = *head;
+    s->u.l.next = h;
+    s->u.l.prev = h->u.l.prev;
+    h->u.l.prev->u.l.next = s;
+    h->u.l.prev = s;
+}
+
+static void list_del(struct slab **head, struct slab *s)
+{
+    if (s->u.l.next == s) {
+        *head = NULL;
+    } else {
+        s->u.l.prev->u.l.next = s->u.l.next;
+        s->u.l.next->u.l.prev = s->u.l.prev;
+        if (*head == s)
+            *head = s->u.l.next;
+    }
+    s->u.l.next = s->u.l.prev = NULL;
+}
+
+static struct slab *list_pop(struct slab **head)
+{
+    struct slab *s = *head;
+    if (s)
+        list_del(head, s);
+    return s;
+}
+
+/* ======================================================================== */
+/* Slab life cycle.                                                         */
+
+/* TSan: every slot's last free happens-before the memory's next use. Only
+ * when a TSan runtime is present. O(slots). */
+static void acquire_slots(struct slab *s)
+{
+    if (!__tsan_acquire)
+        return;
+    uint32_t n = bumped(s);
+    for (uint32_t i = 0; i < n; i++)
+        rp_hb_acquire(slot(s, i));
+}
+
+/* Format the region of d as an empty slab of class c owned by tc.
+ * O(1) (hardened: O(bitmap)). */
+static struct slab *slab_format(rp_pool *p, struct tcache *tc, rp_rdesc *d, unsigned c)
+{
+    const struct cls_info *ci = &sp_of(p)->cls[c];
+    struct slab *s = slab_of(d);
+    char *base = rpi_desc_base(p, d);
+    memset(s, 0, sizeof *s);
+    s->first = base;
+    s->size = ci->size;
+    s->cap = ci->cap;
+    s->divc = ci->divc;
+    s->bm_off = ci->bm_off;
+    s->cls = (uint8_t)c;
+    s->net = &tc->bin[c].net;
+    if (p->cfg.hardened) {
+        rp_unpoison(base + ci->bm_off, bm_bytes(ci->cap));
+        memset(base + ci->bm_off, 0, bm_bytes(ci->cap));
+    }
+    rp_poison(base, (size_t)ci->cap * ci->size);
+    rp_store_relaxed_u64(&s->owner, tc->token);
+    return s;
+}
+
+/* Give a completely free slab back to the region pool. The owner word is
+ * cleared first: a released region's user area never matches a token (the
+ * fast free relies on it). O(1), TSan: O(slots); may call madvise. */
+static void slab_release(rp_pool *p, struct slab *s)
+{
+    acquire_slots(s);
+    rp_store_relaxed_u64(&s->owner, 0);
+    s->where = W_NONE;
+    rpi_region_put(p, desc_of(s));
+}
+
+/* A new slab for class c from the region pool; NULL + errno on failure.
+ * O(1) on region reuse; may call the OS. */
+static struct slab *slab_new(rp_pool *p, struct tcache *tc, unsigned c)
+{
+    rp_rdesc *d = rpi_region_get(p, sp_of(p)->cls[c].slab_bytes, RK_SLAB);
+    return d ? slab_format(p, tc, d, c) : NULL;
+}
+
+/* An empty slab of tc's cache for class c: one of class c as it is (its
+ * free list intact: no relinking), else one of the same region size
+ * reformatted for c; NULL if none. O(EMPTY_MAX) (reformat: O(1), TSan
+ * O(slots)). */
+static struct slab *empty_take(rp_pool *p, struct tcache *tc, unsigned c)
+{
+    size_t want = sp_of(p)->cls[c].slab_bytes;
+    struct slab **hit = NULL;
+    for (struct slab **pp = &tc->empty; *pp; pp = &(*pp)->u.l.next) {
+        struct slab *s = *pp;
+        if (s->cls == c) {
+            hit = pp;
+            break;
+        }
+        if (!hit && rpi_desc_bytes(p, desc_of(s)) == want)
+            hit = pp;
+    }
+    if (!hit)
+        return NULL;
+    struct slab *s = *hit;
+    *hit = s->u.l.next;
+    tc->nempty--;
+    if (s->cls == c) {
+        /* Every object came back before the slab was kept (used == 0), so
+         * anything pushed on its remote list since is a double free by
+         * another thread: drop it, or it would be handed out twice. The
+         * exchange pairs with the freers' CAS. */
+        RP_HIDE_BEGIN();
+        uint64_t w = rp_swap_u64(&s->xword, XW_MAKE(0, 0, 0, XS_OWNED));
+        RP_HIDE_END();
+        if (XW_COUNT(w)) {
+            owner_add(&tc->bin[c].net, XW_COUNT(w)); /* their frees were counted */
+            rpi_report(p, RP_ERR_NOT_LIVE, slot(s, XW_HEAD(w) - 1),
+                       "rp_free(%p): object is not live (double free?): freed by "
+                       "another thread after its slab had no object out "
+                       "(%u such frees dropped)",
+                       slot(s, XW_HEAD(w) - 1), XW_COUNT(w));
+        }
+        s->where = W_NONE; /* the caller makes it current and sets the owner */
+        return s;
+    }
+    acquire_slots(s); /* the memory is cut into other objects */
+    return slab_format(p, tc, desc_of(s), c);
+}
+
+/* s (owned by tc, used == 0, on no list, not current) became empty: keep it
+ * for reuse or give it back. O(1) (release: see slab_release). */
+static void slab_retire(rp_pool *p, struct tcache *tc, struct slab *s)
+{
+    if (s->flags & SLAB_QUARANTINE)
+        return; /* damaged: never reused nor released (it stays allocated) */
+    if (tc->nempty < EMPTY_MAX) {
+        /* Slow owner word: a stray free into an empty slab takes the
+         * general path, which reports it. */
+        rp_store_relaxed_u64(&s->owner, tc->token | OWNER_SLOW);
+        s->where = W_EMPTY;
+        s->u.l.next = tc->empty;
+        tc->empty = s;
+        tc->nempty++;
+        return;
+    }
+    slab_release(p, s);
+}
+
+/* Take s's remote list into its local list (owner only, state OWNED).
+ * Returns the number of objects taken. O(1) if s->free was empty, else
+ * O(objects taken) to find the list's tail. */
+static uint32_t collect(rp_pool *p, struct slab *s)
+{
+    RP_HIDE_BEGIN();
+    uint64_t w = rp_load_relaxed_u64(&s->xword);
+    if (XW_COUNT(w) != 0)
+        /* Take the whole list; pairs with the freers' CAS in free_remote
+         * (their link writes are visible after this exchange). */
+        w = rp_swap_u64(&s->xword, XW_MAKE(0, 0, 0, XS_OWNED));
+    RP_HIDE_END();
+    uint32_t x = XW_COUNT(w);
+    if (x == 0)
+        return 0;
+    void *chain = slot(s, XW_HEAD(w) - 1);
+    if (s->free) {
+        void *tail = chain;
+        for (uint32_t i = 1; i < x && tail; i++)
+            tail = link_next(p, s, tail);
+        if (!tail) { /* damaged chain (reported): keep the local list */
+            s->used -= (int32_t)x;
+            return x;
+        }
+        link_set(p, tail, s->free);
+    }
+    s->free = chain;
+    s->used -= (int32_t)x;
+    return x;
+}
+
+/* Link up to `batch` never-used slots of s into a list; NULL if none are
+ * left. The slots stay poisoned (they are free). O(batch). */
+static void *extend(rp_pool *p, struct slab *s)
+{
+    const struct cls_info *ci = &sp_of(p)->cls[s->cls];
+    uint32_t b = (uint32_t)rp_load_relaxed_u64(&s->bump);
+    uint32_t end = s->cap * s->size;
+    if (b >= end)
+        return NULL;
+    uint32_t k = (end - b) / s->size;
+    if (k > ci->batch)
+        k = ci->batch;
+    char *o = s->first + b;
+    for (uint32_t i = 0; i + 1 < k; i++)
+        link_set(p, o + (size_t)i * s->size, o + (size_t)(i + 1) * s->size);
+    link_set(p, o + (size_t)(k - 1) * s->size, NULL);
+    rp_store_relaxed_u64(&s->bump, b + k * s->size);
+    s->used += (int32_t)k;
+    return o;
+}
+
+/* The objects s can give now, as a list that leaves s (every slot not on
+ * s->free counts as used); NULL if s has none. O(1) amortized. */
+static void *take_list(rp_pool *p, struct slab *s)
+{
+    if (!s->free && !collect(p, s))
+        return extend(p, s);
+    void *list = s->free;
+    s->free = NULL;
+    s->used = (int32_t)bumped(s);
+    return list;
+}
+
+/* ======================================================================== */
+/* Abandonment and adoption.                                                */
+
+static inline struct slab *slab_of_alink(ck_stack_entry_t *e)
+{
+    return (struct slab *)(void *)((char *)e - offsetof(struct slab, u.alink));
+}
+
+static void ab_push(struct ab_cls *ab, struct slab *s)
+{
+    rp_add_relaxed_u64(&ab->n, 1); /* before the push: n >= stack length */
+    RP_HIDE_BEGIN();
+    ck_stack_push_mpmc(&ab->stack, &s->u.alink);
+    RP_HIDE_END();
+}
+
+static uint32_t xstate(struct slab *s)
+{
+    RP_HIDE_BEGIN();
+    uint64_t w = rp_load_relaxed_u64(&s->xword);
+    RP_HIDE_END();
+    return XW_STATE(w);
+}
+
+/* Take a DEAD slab we hold (popped from the stack) and release it. */
+static void release_dead(rp_pool *p, struct slab *s)
+{
+    RP_HIDE_BEGIN();
+    uint64_t w = rp_load_relaxed_u64(&s->xword);
+    /* CAS DEAD -> OWNED: we hold the popped node, DEAD is final for freers,
+     * so this cannot fail; pairs with the freer's CAS that made it DEAD. */
+    bool ok = XW_STATE(w) == XS_DEAD &&
+              rp_cas_u64(&s->xword, &w, XW_MAKE(0, 0, 0, XS_OWNED));
+    RP_HIDE_END();
+    if (!ok) {
+        rpi_report(p, RP_ERR_CORRUPT, s->first,
+                   "abandoned slab %p changed state while held (word %#llx)",
+                   (void *)s->first, (unsigned long long)w);
+        return;
+    }
+    rp_hb_acquire(s); /* pairs with rp_hb_release(s) in slab_abandon */
+    slab_release(p, s);
+}
+
+/* Release every DEAD slab of class c's abandoned stack. A slab can turn DEAD
+ * while we hold the chain; we re-check each slab after pushing it back, and
+ * go round again if one did (see OBJECTS.md: every DEAD slab is released by
+ * whoever makes it DEAD, pushes it, or pops it). O(abandoned slabs of c). */
+static void sweep(rp_pool *p, unsigned c)
+{
+    struct ab_cls *ab = &sp_of(p)->ab[c];
+    bool again;
+    do {
+        again = false;
+        RP_HIDE_BEGIN();
+        ck_stack_entry_t *e = ck_stack_batch_pop_mpmc(&ab->stack);
+        RP_HIDE_END();
+        while (e) {
+            RP_HIDE_BEGIN();
+            ck_stack_entry_t *next = e->next;
+            RP_HIDE_END();
+            struct slab *s = slab_of_alink(e);
+            if (xstate(s) == XS_DEAD) {
+                rp_sub_relaxed_u64(&ab->n, 1);
+                release_dead(p, s);
+            } else {
+                RP_HIDE_BEGIN();
+                ck_stack_push_mpmc(&ab->stack, e);
+                RP_HIDE_END();
+                /* Pairs with the fence after the DEAD CAS in free_remote:
+                 * either its sweep sees our push or we see DEAD. */
+                rp_fence_seq_cst();
+                if (xstate(s) == XS_DEAD)
+                    again = true;
+            }
+            e = next;
+        }
+    } while (again);
+}
+
+/* Hand an owned slab (on no list, bin list already returned) over to the
+ * pool: release it if it is completely free, else abandon it to ab[cls].
+ * O(1) + collect. */
+static void slab_abandon(rp_pool *p, struct slab *s)
+{
+    if (s->flags & SLAB_QUARANTINE) {
+        /* A damaged slab is never handed over (its lists are not trusted);
+         * it stays allocated. */
+        rp_store_relaxed_u64(&s->owner, 0);
+        s->net = NULL;
+        return;
+    }
+    collect(p, s);
+    if (s->used == 0) {
+        slab_release(p, s);
+        return;
+    }
+    unsigned c = s->cls;
+    s->where = W_ABANDONED;
+    s->net = NULL;
+    rp_store_relaxed_u64(&s->owner, 0);
+    rp_hb_release(s); /* the adopter sees our metadata and links; pairs with
+                         rp_hb_acquire(s) in adopt/release_dead */
+    bool all_back = false;
+    RP_HIDE_BEGIN();
+    uint64_t w = rp_load_relaxed_u64(&s->xword);
+    for (;;) {
+        if (XW_COUNT(w) == (uint32_t)s->used) {
+            all_back = true; /* the last objects came back meanwhile */
+            break;
+        }
+        /* CAS OWNED -> ABANDONED recording the objects still out; pairs with
+         * the freers' CAS (a freer that sees ABANDONED counts towards
+         * aused) and with the adopter's CAS. */
+        if (rp_cas_u64(&s->xword, &w,
+                       XW_MAKE(XW_HEAD(w), XW_COUNT(w), (uint32_t)s->used, XS_ABANDONED)))
+            break;
+    }
+    RP_HIDE_END();
+    if (all_back) {
+        collect(p, s); /* still OWNED by us */
+        slab_release(p, s);
+        return;
+    }
+    ab_push(&sp_of(p)->ab[c], s);
+    /* Pairs with the fence after the DEAD CAS in free_remote. */
+    rp_fence_seq_cst();
+    if (xstate(s) == XS_DEAD)
+        sweep(p, c);
+}
+
+/* Adopt an abandoned slab of class c for tc: exactly one party wins the
+ * CAS on its word. DEAD slabs met on the way are released. Returns NULL if
+ * none. O(1) per slab popped. */
+static struct slab *adopt(rp_pool *p, struct tcache *tc, unsigned c)
+{
+    struct ab_cls *ab = &sp_of(p)->ab[c];
+    while (rp_load_relaxed_u64(&ab->n) != 0) {
+        RP_HIDE_BEGIN();
+        ck_stack_entry_t *e = ck_stack_pop_mpmc(&ab->stack);
+        RP_HIDE_END();
+        if (!e)
+            return NULL; /* a sweeper holds them */
+        rp_sub_relaxed_u64(&ab->n, 1);
+        struct slab *s = slab_of_alink(e);
+        RP_HIDE_BEGIN();
+        uint64_t w = rp_load_relaxed_u64(&s->xword);
+        /* CAS ABANDONED -> OWNED, taking the remote list with it; pairs with
+         * the abandoner's CAS and with the freers' CAS. */
+        while (XW_STATE(w) == XS_ABANDONED &&
+               !rp_cas_u64(&s->xword, &w, XW_MAKE(0, 0, 0, XS_OWNED)))
+            ;
+        RP_HIDE_END();
+        if (XW_STATE(w) == XS_DEAD) {
+            release_dead(p, s); /* we hold it: popped */
+            continue;
+        }
+        if (XW_STATE(w) != XS_ABANDONED) {
+            rpi_report(p, RP_ERR_CORRUPT, s->first,
+                       "slab %p on the abandoned stack has word %#llx",
+                       (void *)s->first, (unsigned long long)w);
+            continue;
+        }
+        rp_hb_acquire(s); /* pairs with rp_hb_release(s) in slab_abandon */
+        s->used = (int32_t)XW_AUSED(w);
+        s->net = &tc->bin[c].net;
+        s->where = W_NONE;
+        rp_store_relaxed_u64(&s->owner, tc->token);
+        uint32_t x = XW_COUNT(w);
+        if (x) {
+            /* Prepend the remote list taken by the CAS. */
+            void *chain = slot(s, XW_HEAD(w) - 1), *tail = chain;
+            for (uint32_t i = 1; i < x && tail; i++)
+                tail = link_next(p, s, tail);
+            if (tail) {
+                link_set(p, tail, s->free);
+                s->free = chain;
+            }
+            s->used -= (int32_t)x;
+        }
+        return s;
+    }
+    return NULL;
+}
+
+/* ======================================================================== */
+/* The thread cache.                                                        */
+
+/* The calling thread's tcache for p (created on first use), or NULL with
+ * errno set. Refreshes the fast-path cache. O(1) (thread.c's TLS lookup). */
+static struct tcache *tcache_get(rp_pool *p)
+{
+    rp_tstate *ts = rpi_tstate_get(p);
+    if (!ts)
+        return NULL;
+    struct tcache *tc = tc_of_ts(ts);
+    if (RP_UNLIKELY(!tc->inited)) {
+        tc->slow = !RP_FAST || p->cfg.hardened || __tsan_acquire != NULL;
+        tc->token = thread_token() | (tc->slow ? OWNER_SLOW : 0);
+        tc->inited = 1;
+    }
+#if RP_FAST
+    if (!tc->slow) {
+        tlc.id = p->id;
+        tlc.bins = (char *)tc->bin;
+    }
+#endif
+    return tc;
+}
+
+/* The calling thread's tcache for p if it has one; never creates. O(1). */
+static struct tcache *tcache_peek(rp_pool *p)
+{
+#if RP_FAST
+    if (tlc.id == p->id)
+        return (struct tcache *)(void *)(tlc.bins - offsetof(struct tcache, bin));
+#endif
+    rp_tstate *ts = rpi_tstate_peek(p);
+    if (!ts)
+        return NULL;
+    struct tcache *tc = tc_of_ts(ts);
+    return tc->inited ? tc : NULL;
+}
+
+/* Fill the bin of class c (empty) and return one object, or NULL with
+ * errno = ENOMEM. Order: the current slab's local list, its remote list,
+ * its never-used slots; then a partial slab, a full slab with remote frees
+ * pending, an abandoned slab, an empty slab kept by this thread, a new
+ * slab. O(1) amortized; may call the OS. */
+static void *refill(rp_pool *p, struct tcache *tc, unsigned c)
+{
+    struct bin *b = &tc->bin[c];
+    struct cold *k = &tc->cold[c];
+    for (;;) {
+        struct slab *s = k->cur;
+        if (s) {
+            void *list = (s->flags & SLAB_QUARANTINE) ? NULL : take_list(p, s);
+            if (list) {
+                b->free = link_next(p, s, list);
+                return list;
+            }
+            k->cur = NULL;
+            s->where = W_FULL;
+            /* The first local free into a full slab must move it to the
+             * partial list: keep it off the fast free path meanwhile. */
+            rp_store_relaxed_u64(&s->owner, tc->token | OWNER_SLOW);
+            list_add(&k->full, s);
+        }
+        s = list_pop(&k->partial);
+        if (!s && k->full) {
+            /* Poll a few full slabs for remote frees, rotating the list so
+             * that every one is polled in turn. */
+            struct slab *f = k->full;
+            for (int i = 0; i < FULL_SCAN; i++) {
+                if (!(f->flags & SLAB_QUARANTINE)) {
+                    RP_HIDE_BEGIN();
+                    uint64_t w = rp_load_relaxed_u64(&f->xword);
+                    RP_HIDE_END();
+                    if (XW_COUNT(w)) {
+                        k->full = f->u.l.next;
+                        list_del(&k->full, f);
+                        s = f;
+                        break;
+                    }
+                }
+                f = f->u.l.next;
+                if (f == k->full)
+                    break;
+            }
+            if (!s && k->full)
+                k->full = f; /* resume after the last one polled */
+        }
+        if (!s)
+            s = adopt(p, tc, c);
+        if (!s)
+            s = empty_take(p, tc, c);
+        if (!s)
+            s = slab_new(p, tc, c);
+        if (!s)
+            return NULL;
+        s->where = W_CUR;
+        rp_store_relaxed_u64(&s->owner, tc->token);
+        k->cur = s;
+    }
+}
+
+/* Return the bin list of class c to its current slab. O(list length). */
+static void bin_flush(rp_pool *p, struct tcache *tc, unsigned c)
+{
+    struct bin *b = &tc->bin[c];
+    struct slab *s = tc->cold[c].cur;
+    void *list = b->free;
+    b->free = NULL;
+    if (!list || !s)
+        return;
+    uint32_t n = 1;
+    void *tail = list, *next;
+    while ((next = link_next(p, s, tail)) != NULL && n <= s->cap) {
+        tail = next;
+        n++;
+    }
+    if (s->flags & SLAB_QUARANTINE)
+        return;
+    link_set(p, tail, s->free);
+    s->free = list;
+    s->used -= (int32_t)n;
+}
+
+void rpi_slab_thread_exit(rp_pool *p, rp_tstate *ts)
+{
+    struct slab_pool *sp = sp_of(p);
+    struct tcache *tc = tc_of_ts(ts);
+    if (!sp || !tc->inited)
+        return;
+#if RP_FAST
+    if (tlc.bins == (char *)tc->bin) {
+        tlc.id = 0;
+        tlc.bins = NULL;
+    }
+#endif
+    for (unsigned c = 0; c < NCLS; c++) {
+        struct cold *k = &tc->cold[c];
+        struct slab *s;
+        if ((s = k->cur) != NULL) {
+            bin_flush(p, tc, c);
+            k->cur = NULL;
+            s->where = W_NONE;
+            slab_abandon(p, s);
+        }
+        while ((s = list_pop(&k->partial)) != NULL)
+            slab_abandon(p, s);
+        while ((s = list_pop(&k->full)) != NULL)
+            slab_abandon(p, s);
+        /* Hand the thread's count over before the shard leaves the list:
+         * a concurrent snapshot may count it twice, never zero times. */
+        uint64_t net = tc->bin[c].net;
+        if (net) {
+            rp_add_relaxed_u64(&sp->ab[c].net, net);
+            rp_store_relaxed_u64(&tc->bin[c].net, 0);
+        }
+    }
+    while (tc->empty) {
+        struct slab *s = tc->empty;
+        tc->empty = s->u.l.next;
+        slab_release(p, s);
+    }
+    tc->nempty = 0;
+    tc->inited = 0;
+}
+
+/* ======================================================================== */
+/* Allocation.                                                              */
+
+static void *large_alloc(rp_pool *p, size_t size, size_t align);
+
+/* One object of class c for the calling thread, from its tcache; NULL with
+ * errno = ENOMEM. A thread that cannot get a shard is served by the large
+ * path. O(1) amortized (see refill). */
+static void *slab_alloc(rp_pool *p, unsigned c, size_t align)
+{
+    struct tcache *tc = tcache_get(p);
+    if (RP_UNLIKELY(!tc))
+        return large_alloc(p, cls_bytes[c], align);
+    struct bin *b = &tc->bin[c];
+    for (;;) {
+        struct slab *s = tc->cold[c].cur;
+        void *o = b->free;
+        if (o)
+            b->free = link_next(p, s, o);
+        else if ((o = refill(p, tc, c)) == NULL)
+            return NULL;
+        s = tc->cold[c].cur;
+        if (p->cfg.hardened) {
+            uint32_t i = slot_index(s, (uint64_t)((char *)o - s->first));
+            if (RP_UNLIKELY(bm_update(s, i, true))) {
+                /* Marked live while on a free list: a list was damaged.
+                 * Never hand it out twice. */
+                s->flags |= SLAB_QUARANTINE;
+                rpi_report(p, RP_ERR_CORRUPT, o,
+                           "object %p of the %u-byte slab at %p is on a free list "
+                           "but marked allocated",
+                           o, s->size, (void *)s->first);
+                b->free = NULL;
+                continue;
+            }
+        }
+        rp_hb_acquire(o); /* pairs with rp_hb_release(o) in the free of o */
+        rp_unpoison(o, s->size);
+        owner_add(&b->net, 1);
+        return o;
+    }
+}
+
+/* Heap threshold and routing: see OBJECTS.md "Thresholds". Sizes above
+ * heap_max and up to region_max_bytes get a region of their own; sizes
+ * above region_max_bytes only fit the heap. align > 16 always takes a
+ * region. NULL + errno (ENOMEM, counted) on failure. O(1); may call the OS
+ * or take the heap lock. */
+static void *large_alloc(rp_pool *p, size_t size, size_t align)
+{
+    struct slab_pool *sp = sp_of(p);
+    size_t rmax = p->cfg.region_max_bytes;
+    if (align <= 16 && (size <= sp->heap_max || size > rmax))
+        return rpi_heap_alloc(p, size);
+    size_t extra = align > sp->base_align ? align - sp->base_align : 0;
+    if (size > rmax || extra > rmax - size)
+        return rpi_fail_null(p, RP_FAIL_OTHER, ENOMEM);
+    rp_rdesc *d = rpi_region_get(p, size + extra, RK_LARGE);
+    if (!d)
+        return NULL;
+    char *base = rpi_desc_base(p, d);
+    uint64_t off = (uint64_t)(rp_align_up((uintptr_t)base, align) - (uintptr_t)base);
+    ((struct large *)(void *)d->user.bytes)->off = off;
+    rp_poison(base, off);
+    return base + off;
+}
+
+/* rp_alloc without the fast path. O(1) amortized; may call the OS.
+ * Out of line so that rp_alloc's fast path needs no stack frame. */
+__attribute__((noinline)) static void *alloc_general(rp_pool *p, size_t size)
+{
+    if (!p) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (size <= RP_OBJECT_MAX) {
+        unsigned c = class_of(size);
+        if (sp_of(p)->cls[c].cap)
+            return slab_alloc(p, c, 16);
+    }
+    if (size > SIZE_MAX / 2)
+        return rpi_fail_null(p, RP_FAIL_OTHER, ENOMEM);
+    return large_alloc(p, size, 16);
+}
+
+void *rp_alloc(rp_pool *p, size_t size)
+{
+#if RP_FAST
+    /* Fast path: pop the bin of the last pool this thread used. */
+    if (RP_LIKELY(size <= RP_OBJECT_MAX && p != NULL && tlc.id == p->id)) {
+        struct bin *b = (struct bin *)(void *)(tlc.bins + cls_lut[(size + 15) >> 4]);
+        void *o = b->free;
+        if (RP_LIKELY(o != NULL)) {
+            b->free = *(void **)o;
+            owner_add(&b->net, 1);
+            return o;
+        }
+    }
+#endif
+    return alloc_general(p, size);
+}
+
+void *rp_calloc(rp_pool *p, size_t n, size_t size)
+{
+    size_t total;
+    if (__builtin_mul_overflow(n, size, &total)) {
+        if (!p) {
+            errno = EINVAL;
+            return NULL;
+        }
+        return rpi_fail_null(p, RP_FAIL_OTHER, ENOMEM);
+    }
+    void *o = rp_alloc(p, total);
+    if (o)
+        memset(o, 0, total);
+    return o;
+}
+
+void *rp_aligned_alloc(rp_pool *p, size_t align, size_t size)
+{
+    if (!p) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (!rp_is_pow2(align))
+        return rpi_fail_null(p, RP_FAIL_OTHER, EINVAL);
+    if (align <= 16)
+        return rp_alloc(p, size);
+    if (size == 0)
+        size = 1;
+    struct slab_pool *sp = sp_of(p);
+    size_t want = size > align ? size : align;
+    if (want <= RP_OBJECT_MAX && align <= sp->base_align) {
+        /* Objects sit at base + i * size: a class whose size is a multiple
+         * of align, in slabs whose base is aligned, gives aligned objects.
+         * Every power of two is a class, so the loop ends. */
+        for (unsigned c = class_of(want); c < NCLS; c++)
+            if (cls_bytes[c] % align == 0 && sp->cls[c].cap)
+                return slab_alloc(p, c, align);
+    }
+    if (size > SIZE_MAX / 2)
+        return rpi_fail_null(p, RP_FAIL_OTHER, ENOMEM);
+    return large_alloc(p, size, align);
+}
+
+/* ======================================================================== */
+/* Pointer lookup and validation.                                           */
+
+enum { LOC_BAD = 0, LOC_SLAB, LOC_LARGE, LOC_HEAP };
+
+struct loc {
+    rp_rdesc *d;
+    struct slab *s;
+    uint32_t idx;
+};
+
+static const char *kind_name(unsigned kind)
+{
+    switch (kind) {
+    case RK_USER: return "a region from rp_region_acquire (use rp_region_release)";
+    case RK_ARENA: return "arena memory (freed by rp_arena_reset/destroy)";
+    default: return "memory of another allocator";
+    }
+}
+
+/* Classify ptr for operation `api`; report and return LOC_BAD if it is not
+ * the start of a live allocation of rp_alloc & co (as far as can be told
+ * without the hardened bitmap). O(1). */
+static int locate(rp_pool *p, const void *ptr, const char *api, struct loc *L)
+{
+    rp_rdesc *d = rpi_desc_lookup(p, ptr);
+    if (!d) {
+        if (rpi_heap_owns(p, ptr))
+            return LOC_HEAP;
+        rpi_report(p, RP_ERR_FOREIGN, ptr,
+                   "%s(%p): not memory of pool %p (outside its regions and heap)",
+                   api, ptr, (void *)p);
+        return LOC_BAD;
+    }
+    uint32_t w = rp_load_relaxed_u32(&d->word);
+    char *base = rpi_desc_base(p, d);
+    if (RW_STATE(w) != RS_IN_USE || RW_KIND(w) == RK_NONE) {
+        rpi_report(p, RP_ERR_NOT_LIVE, ptr,
+                   "%s(%p): inside a free region (never allocated, or already freed)",
+                   api, ptr);
+        return LOC_BAD;
+    }
+    if (RW_KIND(w) == RK_LARGE) {
+        uint64_t off = ((struct large *)(void *)d->user.bytes)->off;
+        if ((const char *)ptr != base + off) {
+            rpi_report(p, RP_ERR_INTERIOR, ptr,
+                       "%s(%p): interior pointer into the large object at %p",
+                       api, ptr, (void *)(base + off));
+            return LOC_BAD;
+        }
+        L->d = d;
+        return LOC_LARGE;
+    }
+    if (RW_KIND(w) != RK_SLAB) {
+        rpi_report(p, RP_ERR_WRONG_API, ptr, "%s(%p): the pointer is %s, not an object",
+                   api, ptr, kind_name(RW_KIND(w)));
+        return LOC_BAD;
+    }
+    struct slab *s = slab_of(d);
+    uint64_t n = (uint64_t)((uintptr_t)ptr - (uintptr_t)base);
+    uint32_t size = s->size;
+    if (size == 0) { /* being formatted: no object was handed out yet */
+        rpi_report(p, RP_ERR_NOT_LIVE, ptr, "%s(%p): no object was allocated there",
+                   api, ptr);
+        return LOC_BAD;
+    }
+    if (n >= (uint64_t)s->cap * size || n * s->divc >= s->divc) {
+        uint64_t i = slot_index(s, n);
+        if (i >= s->cap)
+            rpi_report(p, RP_ERR_INTERIOR, ptr,
+                       "%s(%p): inside the metadata/tail of the %u-byte slab at %p",
+                       api, ptr, size, (void *)base);
+        else
+            rpi_report(p, RP_ERR_INTERIOR, ptr,
+                       "%s(%p): interior pointer into the %u-byte object at %p",
+                       api, ptr, size, slot(s, (uint32_t)i));
+        return LOC_BAD;
+    }
+    if (n >= rp_load_relaxed_u64(&s->bump)) {
+        rpi_report(p, RP_ERR_NOT_LIVE, ptr,
+                   "%s(%p): %u-byte object slot never allocated", api, ptr, size);
+        return LOC_BAD;
+    }
+    L->d = d;
+    L->s = s;
+    L->idx = slot_index(s, n);
+    return LOC_SLAB;
+}
+
+static void report_double(rp_pool *p, const void *ptr, const char *api, const char *how)
+{
+    rpi_report(p, RP_ERR_NOT_LIVE, ptr, "%s(%p): object is not live (double free?): %s",
+               api, ptr, how);
+}
+
+/* ======================================================================== */
+/* Free.                                                                    */
+
+/* Free o into s, owned by the calling thread. O(1). */
+static void free_local(rp_pool *p, struct slab *s, void *o)
+{
+    void *h = s->free;
+    if (RP_UNLIKELY(s->used <= 0 || h == o)) {
+        report_double(p, o, "rp_free", s->used <= 0 ? "its slab has no object out"
+                                                    : "it is the last object freed");
+        return;
+    }
+    rp_hb_release(o); /* pairs with rp_hb_acquire(o) at its next allocation */
+    rp_poison(o, s->size);
+    link_set(p, o, h);
+    s->free = o;
+    owner_add(s->net, (uint64_t)-1);
+    s->used--;
+    if (s->where == W_CUR || s->where == W_EMPTY)
+        return;
+    struct tcache *tc = tc_of_slab(s);
+    struct cold *k = &tc->cold[s->cls];
+    if (s->used == 0) {
+        list_del(s->where == W_FULL ? &k->full : &k->partial, s);
+        slab_retire(p, tc, s);
+    } else if (s->where == W_FULL) {
+        list_del(&k->full, s);
+        s->where = W_PARTIAL;
+        rp_store_relaxed_u64(&s->owner, tc->token);
+        list_add(&k->partial, s);
+    }
+}
+
+/* Count a free by this thread in its own shard (or the pool's detached
+ * count if it has none). O(1). */
+static void count_free(rp_pool *p, unsigned c)
+{
+    struct tcache *tc = tcache_peek(p);
+    if (tc)
+        owner_add(&tc->bin[c].net, (uint64_t)-1);
+    else
+        rp_sub_relaxed_u64(&sp_of(p)->ab[c].net, 1);
+}
+
+/* Free o (slot idx) into s, owned by another thread or abandoned: push it
+ * on s's remote list. O(1) (CAS loop; a completing free of an abandoned slab
+ * also sweeps its class). */
+static void free_remote(rp_pool *p, struct slab *s, void *o, uint32_t idx)
+{
+    /* Read the format before the push: once our object is on the list, the
+     * owner may collect it, empty the slab and reformat it. */
+    unsigned c = s->cls;
+    rp_hb_release(o); /* before o is linked anywhere; pairs with its next
+                         allocation's rp_hb_acquire(o) */
+    rp_poison(o, s->size);
+    enum { PUSHED, COMPLETED, DOUBLE_HEAD, DOUBLE_DEAD } verdict;
+    RP_HIDE_BEGIN();
+    uint64_t w = rp_load_relaxed_u64(&s->xword);
+    for (;;) {
+        uint32_t head = XW_HEAD(w), x = XW_COUNT(w), a = XW_AUSED(w);
+        unsigned st = XW_STATE(w);
+        if (head == idx + 1) {
+            verdict = DOUBLE_HEAD;
+            break;
+        }
+        if (st == XS_DEAD || (st == XS_ABANDONED && x + 1 > a)) {
+            verdict = DOUBLE_DEAD;
+            break;
+        }
+        link_set(p, o, head ? slot(s, head - 1) : NULL);
+        bool last = st == XS_ABANDONED && x + 1 == a;
+        /* CAS push; release: our link write before the new head. Pairs with
+         * the owner's exchange in collect, the adopter's CAS in adopt, and
+         * (when this makes an abandoned slab DEAD) release_dead's CAS. */
+        if (rp_cas_u64(&s->xword, &w,
+                       XW_MAKE(idx + 1, x + 1, a, last ? XS_DEAD : st))) {
+            verdict = last ? COMPLETED : PUSHED;
+            break;
+        }
+    }
+    RP_HIDE_END();
+    if (verdict == DOUBLE_HEAD || verdict == DOUBLE_DEAD) {
+        report_double(p, o, "rp_free",
+                      verdict == DOUBLE_HEAD ? "it is the last object freed remotely"
+                                             : "its abandoned slab has no object out");
+        return;
+    }
+    count_free(p, c);
+    if (verdict == COMPLETED) {
+        /* Pairs with the fences in sweep and slab_abandon (after a push):
+         * either our sweep finds the slab or its pusher sees DEAD. */
+        rp_fence_seq_cst();
+        sweep(p, c);
+    }
+}
+
+static void slab_free(rp_pool *p, struct loc *L, void *ptr)
+{
+    struct slab *s = L->s;
+    if (p->cfg.hardened && !bm_update(s, L->idx, false)) {
+        report_double(p, ptr, "rp_free", "the allocation bitmap has it free");
+        return;
+    }
+    uint64_t own = rp_load_relaxed_u64(&s->owner);
+    if (own != 0 && (own & ~OWNER_SLOW) == thread_token())
+        free_local(p, s, ptr);
+    else
+        free_remote(p, s, ptr, L->idx);
+}
+
+static void large_free(rp_pool *p, rp_rdesc *d, void *ptr)
+{
+    uint32_t w = rp_load_relaxed_u32(&d->word);
+    uint32_t live = RW_MAKE(RS_IN_USE, RW_CLS(w), RK_LARGE);
+    /* CAS IN_USE|LARGE -> IN_USE|NONE claims the free: of two racing frees
+     * exactly one wins (the other is a double free). Pairs with the CAS
+     * that handed the region out. */
+    if (w != live || !rp_cas_u32(&d->word, &live, RW_MAKE(RS_IN_USE, RW_CLS(w), RK_NONE))) {
+        report_double(p, ptr, "rp_free", "its region was freed concurrently");
+        return;
+    }
+    rpi_region_put(p, d);
+}
+
+/* rp_free without the fast path. O(1) (heap: takes its lock; a completing
+ * free of an abandoned slab: O(abandoned slabs of the class)). Out of line
+ * so that rp_free's fast path needs no stack frame. */
+__attribute__((noinline)) static void free_general(rp_pool *p, void *ptr)
+{
+    if (!ptr)
+        return;
+    if (!p) {
+        rpi_report(NULL, RP_ERR_MISUSE, ptr, "rp_free(%p): NULL pool", ptr);
+        return;
+    }
+    struct loc L;
+    switch (locate(p, ptr, "rp_free", &L)) {
+    case LOC_SLAB: slab_free(p, &L, ptr); break;
+    case LOC_LARGE: large_free(p, L.d, ptr); break;
+    case LOC_HEAP: rpi_heap_free(p, ptr); break;
+    default: break; /* reported */
+    }
+}
+
+void rp_free(rp_pool *p, void *ptr)
+{
+#if RP_FAST
+    /* Fast path: an object of a slab this thread owns, current or partial
+     * (full and empty slabs carry the slow owner bit), not its last object
+     * out (that one, and a double free into an empty slab, go the general
+     * way). A released or foreign region's descriptor never holds a token,
+     * and a pointer past the carved area (NULL included) fails the granule
+     * check. */
+    if (RP_LIKELY(p != NULL)) {
+        /* Shared words first: ck's loads are compiler barriers. */
+        uint64_t hwm = rp_load_relaxed_u64(&p->hwm);
+        unsigned sh = p->gshift;
+        uint64_t off = (uint64_t)((uintptr_t)ptr - (uintptr_t)p->rbase);
+        uint64_t g = off >> sh;
+        if (RP_LIKELY(g < hwm)) {
+            struct slab *s = slab_of(&p->desc[g]);
+            if (RP_LIKELY(rp_load_relaxed_u64(&s->owner) == thread_token())) {
+                uint64_t n = (uint64_t)((char *)ptr - s->first);
+                void *h = s->free;
+                if (RP_LIKELY(n < s->bump && n * s->divc < s->divc && h != ptr &&
+                              s->used > 1)) {
+                    s->used--;
+                    *(void **)ptr = h;
+                    s->free = ptr;
+                    owner_add(s->net, (uint64_t)-1);
+                    return;
+                }
+            }
+        }
+    }
+#endif
+    free_general(p, ptr);
+}
+
+/* ======================================================================== */
+/* Sizes and realloc.                                                       */
+
+/* Usable bytes of the live allocation at ptr, or 0 after a report. O(1)
+ * (heap: takes its lock). */
+static size_t usable(rp_pool *p, const void *ptr, const char *api, int *where)
+{
+    struct loc L;
+    int k = locate(p, ptr, api, &L);
+    if (where)
+        *where = k;
+    switch (k) {
+    case LOC_SLAB:
+        if (p->cfg.hardened && !(rp_load_relaxed_u64(bm_word(L.s, L.idx)) &
+                                 ((uint64_t)1 << (L.idx & 63)))) {
+            report_double(p, ptr, api, "the allocation bitmap has it free");
+            return 0;
+        }
+        return L.s->size;
+    case LOC_LARGE:
+        return rpi_desc_bytes(p, L.d) - ((struct large *)(void *)L.d->user.bytes)->off;
+    case LOC_HEAP:
+        return rpi_heap_usable(p, ptr);
+    default:
+        return 0;
+    }
+}
+
+size_t rp_usable_size(rp_pool *p, const void *ptr)
+{
+    if (!p || !ptr)
+        return 0;
+    return usable(p, ptr, "rp_usable_size", NULL);
+}
+
+void *rp_realloc(rp_pool *p, void *ptr, size_t size)
+{
+    if (!ptr)
+        return rp_alloc(p, size);
+    if (!p) {
+        rpi_report(NULL, RP_ERR_MISUSE, ptr, "rp_realloc(%p): NULL pool", ptr);
+        errno = EINVAL;
+        return NULL;
+    }
+    if (size == 0) {
+        rp_free(p, ptr);
+        return NULL;
+    }
+    int where;
+    size_t old = usable(p, ptr, "rp_realloc", &where);
+    if (old == 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    /* Keep the block when it still fits with bounded waste: the same class
+     * for objects, at least half used for heap blocks and regions. */
+    if (size <= old) {
+        if (where == LOC_SLAB ? class_of(size) == class_of(old) : size >= old / 2)
+            return ptr;
+    }
+    void *n = rp_alloc(p, size);
+    if (!n)
+        return NULL;
+    memcpy(n, ptr, old < size ? old : size);
+    rp_free(p, ptr);
+    return n;
+}
+
+/* ======================================================================== */
+/* Pool set-up, stats, check.                                               */
+
+int rpi_slab_init(rp_pool *p)
+{
+    pthread_once(&slab_once_ctl, slab_once);
+    struct slab_pool *sp = rpi_meta_alloc(p, sizeof *sp, RP_CACHELINE);
+    if (!sp)
+        return -ENOMEM;
+    size_t gran = (size_t)1 << p->gshift;
+    for (unsigned c = 0; c < NCLS; c++) {
+        ck_stack_init(&sp->ab[c].stack);
+        /* ck_stack's ABA generation starts non-NULL (see reserve.c). */
+        sp->ab[c].stack.generation = (char *)&sp->ab[c];
+        struct cls_info *ci = &sp->cls[c];
+        uint32_t size = cls_bytes[c];
+        ci->size = size;
+        ci->divc = UINT64_MAX / size + 1;
+        ci->batch = 4096 / size > MIN_OBJS ? 4096 / size : MIN_OBJS;
+        for (unsigned rc = 0; rc < p->nclasses; rc++) {
+            size_t bytes = gran << rc;
+            size_t cap = bytes / size;
+            if (cap > CAP_MAX)
+                cap = CAP_MAX;
+            if (p->cfg.hardened)
+                while (cap && cap * size + bm_bytes((uint32_t)cap) > bytes)
+                    cap--;
+            if (cap >= MIN_OBJS || (rc == p->nclasses - 1 && cap >= 1)) {
+                ci->cap = (uint32_t)cap;
+                ci->slab_bytes = bytes;
+                ci->bm_off = (uint32_t)(bytes - bm_bytes((uint32_t)cap));
+                break;
+            }
+        }
+    }
+    uintptr_t rb = (uintptr_t)p->rbase;
+    sp->base_align = rb ? (size_t)(rb & -rb) : gran;
+    if (sp->base_align > gran)
+        sp->base_align = gran;
+    sp->heap_max = 0;
+    if (p->heap_bytes)
+        sp->heap_max = gran / 2 > RP_OBJECT_MAX ? gran / 2 : RP_OBJECT_MAX;
+    sp->secret = random64();
+    p->slab = sp;
+    return 0;
+}
+
+struct stat_acc {
+    uint64_t net[NCLS];
+};
+
+/* Sum one shard's counters. Hidden from TSan: the counters publish nothing,
+ * and thread.c zeroes a recycled shard with a plain memset before it is
+ * published through the (hidden) RCU list, an edge TSan cannot see. */
+static void stat_shard(rp_tstate *ts, void *arg)
+{
+    struct stat_acc *a = arg;
+    struct tcache *tc = tc_of_ts(ts);
+    RP_HIDE_BEGIN();
+    for (unsigned c = 0; c < NCLS; c++)
+        a->net[c] += rp_load_relaxed_u64(&tc->bin[c].net);
+    RP_HIDE_END();
+}
+
+void rpi_slab_stats(rp_pool *p, rp_stats *st)
+{
+    struct slab_pool *sp = sp_of(p);
+    if (!sp)
+        return;
+    struct stat_acc a;
+    for (unsigned c = 0; c < NCLS; c++)
+        a.net[c] = rp_load_relaxed_u64(&sp->ab[c].net);
+    rpi_threads_foreach(p, stat_shard, &a);
+    size_t bytes = 0;
+    for (unsigned c = 0; c < NCLS; c++)
+        if ((int64_t)a.net[c] > 0) /* transiently negative in a snapshot */
+            bytes += (size_t)a.net[c] * cls_bytes[c];
+    st->slab_bytes = bytes;
+}
+
+/* ---- rp_check ------------------------------------------------------------ */
+
+struct chk {
+    rp_pool *p;
+    int bad;
+    const void *ptr;
+    char msg[320];
+    uint64_t net[NCLS];
+    uint64_t limit;       /* bound on any walk: carved granules */
+};
+
+static void chk_fail(struct chk *k, const void *ptr, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void chk_fail(struct chk *k, const void *ptr, const char *fmt, ...)
+{
+    if (k->bad)
+        return;
+    k->bad = 1;
+    k->ptr = ptr;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(k->msg, sizeof k->msg, fmt, ap);
+    va_end(ap);
+}
+
+/* Length of a free list of s (bounded), checking every link. */
+static uint32_t chk_list(struct chk *k, struct slab *s, void *list, const char *what)
+{
+    uint32_t n = 0;
+    for (void *o = list; o; o = link_get(k->p, o)) {
+        if (!link_ok(s, o)) {
+            chk_fail(k, o, "check: %s list of the %u-byte slab at %p links to %p, "
+                     "outside its handed-out slots", what, s->size, (void *)s->first, o);
+            return n;
+        }
+        if (++n > s->cap) {
+            chk_fail(k, s->first, "check: %s list of the slab at %p is longer than "
+                     "its %u slots (cycle)", what, (void *)s->first, s->cap);
+            return n;
+        }
+    }
+    return n;
+}
+
+/* Check one slab: descriptor, format, owner, and the equations. */
+static void chk_slab(struct chk *k, struct slab *s, unsigned c, uint64_t owner,
+                     unsigned where, void *bin_list)
+{
+    rp_pool *p = k->p;
+    const struct cls_info *ci = &sp_of(p)->cls[c];
+    rp_rdesc *d = desc_of(s);
+    uint32_t w = rp_load_relaxed_u32(&d->word);
+    if (RW_STATE(w) != RS_IN_USE || RW_KIND(w) != RK_SLAB) {
+        chk_fail(k, s->first, "check: slab %p of class %u has region word %#x",
+                 (void *)s->first, c, w);
+        return;
+    }
+    if (s->cls != c || s->where != where || s->size != ci->size || s->cap != ci->cap ||
+        s->first != rpi_desc_base(p, d) || rpi_desc_bytes(p, d) != ci->slab_bytes) {
+        chk_fail(k, s->first, "check: slab %p: class %u/%u, place %u/%u, size %u, "
+                 "cap %u, or base does not match its class",
+                 (void *)s->first, s->cls, c, s->where, where, s->size, s->cap);
+        return;
+    }
+    if (rp_load_relaxed_u64(&s->owner) != owner) {
+        chk_fail(k, s->first, "check: slab %p has owner word %#llx, expected %#llx",
+                 (void *)s->first, (unsigned long long)s->owner,
+                 (unsigned long long)owner);
+        return;
+    }
+    if (s->flags & SLAB_QUARANTINE)
+        return; /* damaged (reported when found): its lists are not trusted */
+    uint64_t bump = rp_load_relaxed_u64(&s->bump);
+    uint32_t nb = bumped(s);
+    if (nb > s->cap || (uint64_t)nb * s->size != bump) {
+        chk_fail(k, s->first, "check: slab %p: bump %llu is not a slot boundary within "
+                 "%u slots", (void *)s->first, (unsigned long long)bump, s->cap);
+        return;
+    }
+    uint32_t nfree = chk_list(k, s, s->free, "local");
+    uint32_t nbin = chk_list(k, s, bin_list, "bin");
+    uint64_t xw = rp_load_relaxed_u64(&s->xword);
+    uint32_t x = XW_COUNT(xw);
+    if (k->bad)
+        return;
+    if (s->used < 0 || (uint32_t)s->used != nb - nfree || (uint64_t)x + nbin > (uint32_t)s->used) {
+        chk_fail(k, s->first, "check: slab %p: used %d != handed-out %u - local free %u, "
+                 "or remote %u + bin %u > used", (void *)s->first, s->used, nb, nfree, x, nbin);
+        return;
+    }
+    if (where == W_ABANDONED) {
+        if (XW_STATE(xw) != XS_ABANDONED || XW_AUSED(xw) != (uint32_t)s->used ||
+            x >= XW_AUSED(xw))
+            chk_fail(k, s->first, "check: abandoned slab %p: word %#llx, used %d",
+                     (void *)s->first, (unsigned long long)xw, s->used);
+    } else if (XW_STATE(xw) != XS_OWNED) {
+        chk_fail(k, s->first, "check: owned slab %p has state %u", (void *)s->first,
+                 XW_STATE(xw));
+    }
+    if ((where == W_PARTIAL || where == W_FULL) && s->used == 0)
+        chk_fail(k, s->first, "check: empty slab %p not retired", (void *)s->first);
+    if (where == W_EMPTY && s->used != 0)
+        chk_fail(k, s->first, "check: cached empty slab %p has %d objects out",
+                 (void *)s->first, s->used);
+    if (where == W_PARTIAL && !s->free && bump == (uint64_t)s->cap * s->size)
+        chk_fail(k, s->first, "check: partial slab %p has nothing to give",
+                 (void *)s->first);
+    if (p->cfg.hardened && !k->bad) {
+        uint32_t live = 0;
+        for (uint32_t i = 0; i < s->cap; i += 64) {
+            uint64_t bits = rp_load_relaxed_u64(bm_word(s, i));
+            if (nb < i + 64)
+                bits &= nb > i ? ~(uint64_t)0 >> (64 - (nb - i)) : 0;
+            if (bits != rp_load_relaxed_u64(bm_word(s, i)))
+                chk_fail(k, s->first, "check: slab %p: bitmap marks slots never handed out",
+                         (void *)s->first);
+            live += (uint32_t)__builtin_popcountll(bits);
+        }
+        if (live != (uint32_t)s->used - nbin - x)
+            chk_fail(k, s->first, "check: slab %p: bitmap has %u live, lists say %u",
+                     (void *)s->first, live, (uint32_t)s->used - nbin - x);
+    }
+}
+
+/* Check every slab of an owner list. */
+static void chk_owner_list(struct chk *k, struct slab *head, unsigned c, uint64_t owner,
+                           unsigned where)
+{
+    uint64_t n = 0;
+    struct slab *s = head;
+    if (!s)
+        return;
+    do {
+        if (s->u.l.next->u.l.prev != s) {
+            chk_fail(k, s->first, "check: slab list broken at %p", (void *)s->first);
+            return;
+        }
+        chk_slab(k, s, c, owner, where, NULL);
+        s = s->u.l.next;
+    } while (s != head && ++n < k->limit && !k->bad);
+}
+
+static void chk_shard(rp_tstate *ts, void *arg)
+{
+    struct chk *k = arg;
+    struct tcache *tc = tc_of_ts(ts);
+    RP_HIDE_BEGIN(); /* quiescent by contract; other threads' data */
+    for (unsigned c = 0; c < NCLS; c++)
+        k->net[c] += rp_load_relaxed_u64(&tc->bin[c].net);
+    if (tc->inited) {
+        for (unsigned c = 0; c < NCLS && !k->bad; c++) {
+            struct cold *cd = &tc->cold[c];
+            if (cd->cur)
+                chk_slab(k, cd->cur, c, tc->token, W_CUR, tc->bin[c].free);
+            else if (tc->bin[c].free)
+                chk_fail(k, tc->bin[c].free, "check: class %u bin holds objects "
+                         "without a current slab", c);
+            chk_owner_list(k, cd->partial, c, tc->token, W_PARTIAL);
+            chk_owner_list(k, cd->full, c, tc->token | OWNER_SLOW, W_FULL);
+        }
+        uint32_t n = 0;
+        for (struct slab *s = tc->empty; s && !k->bad; s = s->u.l.next, n++)
+            chk_slab(k, s, s->cls, tc->token | OWNER_SLOW, W_EMPTY, NULL);
+        if (n != tc->nempty && !k->bad)
+            chk_fail(k, NULL, "check: %u empty slabs cached, count says %u", n, tc->nempty);
+    }
+    RP_HIDE_END();
+}
+
+int rpi_slab_check(rp_pool *p)
+{
+    struct slab_pool *sp = sp_of(p);
+    if (!sp)
+        return 0;
+    struct chk k;
+    memset(&k, 0, sizeof k);
+    k.p = p;
+    k.limit = rp_load_relaxed_u64(&p->hwm) + 1;
+    for (unsigned c = 0; c < NCLS; c++) {
+        const struct cls_info *ci = &sp->cls[c];
+        if (ci->cap && (ci->cap * (size_t)ci->size > ci->slab_bytes ||
+                        (p->cfg.hardened && ci->bm_off < ci->cap * (size_t)ci->size)))
+            chk_fail(&k, NULL, "check: class %u layout overlaps", c);
+        k.net[c] = rp_load_relaxed_u64(&sp->ab[c].net);
+    }
+    rpi_threads_foreach(p, chk_shard, &k);
+    for (unsigned c = 0; c < NCLS && !k.bad; c++) {
+        uint64_t n = 0;
+        RP_HIDE_BEGIN();
+        for (ck_stack_entry_t *e = CK_STACK_FIRST(&sp->ab[c].stack); e && !k.bad;
+             e = CK_STACK_NEXT(e)) {
+            if (++n > k.limit) {
+                chk_fail(&k, NULL, "check: abandoned stack of class %u loops", c);
+                break;
+            }
+            chk_slab(&k, slab_of_alink(e), c, 0, W_ABANDONED, NULL);
+        }
+        RP_HIDE_END();
+        if (!k.bad && n != rp_load_relaxed_u64(&sp->ab[c].n))
+            chk_fail(&k, NULL, "check: abandoned stack of class %u holds %llu slabs, "
+                     "count says %llu", c, (unsigned long long)n,
+                     (unsigned long long)rp_load_relaxed_u64(&sp->ab[c].n));
+        if (!k.bad && (int64_t)k.net[c] < 0)
+            chk_fail(&k, NULL, "check: class %u has %lld objects in use", c,
+                     (long long)(int64_t)k.net[c]);
+    }
+    if (k.bad) {
+        rpi_report(p, RP_ERR_INVARIANT, k.ptr, "%s", k.msg);
+        return -EFAULT;
+    }
+    return 0;
+}

@@ -1,0 +1,1198 @@
+/* test_slab.c -- size-class object pools: rp_alloc, rp_calloc, rp_realloc,
+ * rp_aligned_alloc, rp_free, rp_usable_size.
+ * White-box where it helps: includes src/internal.h to find a pointer's
+ * region and the pool's layout. */
+#include "internal.h"
+#include "testutil.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#ifndef __has_feature
+#define __has_feature(x) 0
+#endif
+#if defined(__SANITIZE_THREAD__) || __has_feature(thread_sanitizer)
+#define UNDER_TSAN 1
+#else
+#define UNDER_TSAN 0
+#endif
+#if defined(__SANITIZE_ADDRESS__) || __has_feature(address_sanitizer)
+#include <sanitizer/asan_interface.h>
+#define UNDER_ASAN 1
+#define UNPOISON(a, n) ASAN_UNPOISON_MEMORY_REGION((a), (n))
+#define POISON(a, n) ASAN_POISON_MEMORY_REGION((a), (n))
+#else
+#define UNDER_ASAN 0
+#define UNPOISON(a, n) ((void)(a), (void)(n))
+#define POISON(a, n) ((void)(a), (void)(n))
+#endif
+
+#if UNDER_TSAN
+/* liburcu's own calloc/free (its rcu_barrier and call_rcu threads, reached
+ * from rp_pool_destroy once shards were detached) are outside rpool and
+ * uninstrumented: DESIGN.md names `called_from_lib:` for liburcu as the one
+ * entry needed. It matches only allocator calls made from inside liburcu;
+ * no report in rpool or test code is suppressed (never `race:`). */
+const char *__tsan_default_suppressions(void);
+const char *__tsan_default_suppressions(void)
+{
+    return "called_from_lib:liburcu-bp.so\n"
+           "called_from_lib:liburcu-common.so\n";
+}
+#endif
+
+/* Work scale: TSan runs ~10x slower; keep every case well under 20 s. */
+#define SCALE(n) (UNDER_TSAN ? (n) / 16 : UNDER_ASAN ? (n) / 4 : (n))
+
+/* ---- the documented class table (docs/OBJECTS.md) ------------------------ */
+
+/* 16, 32, 48, 64, then 4 classes per power of two up to 32 KiB. */
+static size_t expected_class(size_t s)
+{
+    if (s == 0)
+        s = 1;
+    if (s <= 64)
+        return (s + 15) / 16 * 16;
+    size_t k = 64;
+    while (k * 2 < s)
+        k *= 2; /* s in (k, 2k] */
+    size_t step = k / 4;
+    return k + (s - k + step - 1) / step * step;
+}
+
+static rp_pool *make_pool(rp_errlog *log, int hardened)
+{
+    rp_config c = rp_test_config(log);
+    c.hardened = hardened;
+    rp_pool *p = rp_pool_create(&c);
+    assert_non_null(p);
+    return p;
+}
+
+/* Expect exactly one report with `code` from `stmt`. */
+#define EXPECT_REPORT(log, code, stmt)                                        \
+    do {                                                                      \
+        int before_ = (log)->count;                                           \
+        stmt;                                                                 \
+        if ((log)->count != before_ + 1 || (log)->last_code != (code))        \
+            fail_msg("%s: expected one report %d, got %d reports, last %d (%s)", \
+                     #stmt, (int)(code), (log)->count - before_,              \
+                     (int)(log)->last_code, (log)->last_msg);                 \
+    } while (0)
+
+/* ---- classes and waste --------------------------------------------------- */
+
+static void test_slab_waste_bound_every_size(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_pool(&log, 0);
+    size_t worst_small = 0;
+    double worst_ratio = 0;
+    for (size_t s = 0; s <= RP_OBJECT_MAX; s++) {
+        void *o = rp_alloc(p, s);
+        assert_non_null(o);
+        assert_int_equal((uintptr_t)o % 16, 0);
+        size_t u = rp_usable_size(p, o);
+        if (u != expected_class(s))
+            fail_msg("size %zu: usable %zu, class table says %zu", s, u, expected_class(s));
+        size_t eff = s ? s : 1;
+        size_t waste = u - eff;
+        /* The bound of OBJECTS.md: < 16 bytes up to 64, else < 25% of the
+         * request (and < 20% of the block). */
+        if (eff <= 64) {
+            assert_true(waste < 16);
+            if (waste > worst_small)
+                worst_small = waste;
+        } else {
+            assert_true(4 * waste < eff);
+            assert_true(5 * waste < u);
+            double r = (double)waste / (double)eff;
+            if (r > worst_ratio)
+                worst_ratio = r;
+        }
+        memset(o, 0x5a, eff);
+        rp_free(p, o);
+    }
+    assert_int_equal(worst_small, 15);
+    assert_true(worst_ratio < 0.25 && worst_ratio > 0.2); /* tight: 255/1025 */
+    assert_int_equal(log.count, 0);
+    assert_int_equal(rp_test_stats(p).slab_bytes, 0);
+    assert_int_equal(rp_check(p), 0);
+    rp_pool_destroy(p);
+}
+
+/* Every class edge: size and size + 1, up to RP_OBJECT_MAX and beyond into
+ * heap and region sizes. */
+static void test_slab_class_boundaries(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_pool(&log, 0);
+    size_t edges[64], n = 0;
+    for (size_t s = 16; s <= RP_OBJECT_MAX; s = expected_class(s + 1))
+        edges[n++] = s;
+    assert_int_equal(n, 40);
+    for (size_t i = 0; i < n; i++) {
+        void *a = rp_alloc(p, edges[i]);
+        void *b = rp_alloc(p, edges[i] + 1);
+        assert_non_null(a);
+        assert_non_null(b);
+        assert_int_equal(rp_usable_size(p, a), edges[i]);
+        if (i + 1 < n)
+            assert_int_equal(rp_usable_size(p, b), edges[i + 1]);
+        else
+            assert_true(rp_usable_size(p, b) >= edges[i] + 1);
+        memset(a, 1, edges[i]);
+        memset(b, 2, edges[i] + 1);
+        rp_stats s = rp_test_stats(p);
+        /* b above RP_OBJECT_MAX is not an object of a slab */
+        assert_int_equal(s.slab_bytes, edges[i] + (i + 1 < n ? edges[i + 1] : 0));
+        rp_free(p, a);
+        rp_free(p, b);
+    }
+    /* Beyond: 32 KiB + 1 up to a granule is a region of its own with the
+     * test config (granule 64 KiB: the heap's power-of-two block would be
+     * no smaller), as are sizes up to region_max; above region_max only the
+     * heap fits. */
+    size_t big[] = {RP_OBJECT_MAX + 1, 64 * KiB - 1, 64 * KiB, 64 * KiB + 1,
+                    1 * MiB, 4 * MiB - 1, 4 * MiB, 4 * MiB + 1, 16 * MiB};
+    rp_stats base = rp_test_stats(p);
+    for (size_t i = 0; i < sizeof big / sizeof big[0]; i++) {
+        void *o = rp_alloc(p, big[i]);
+        assert_non_null(o);
+        assert_int_equal((uintptr_t)o % 16, 0);
+        size_t u = rp_usable_size(p, o);
+        assert_true(u >= big[i]);
+        rp_stats s = rp_test_stats(p);
+        if (big[i] <= 4 * MiB) { /* a region of its own: power of two */
+            size_t r = 64 * KiB;
+            while (r < big[i])
+                r *= 2;
+            assert_int_equal(u, r);
+            assert_int_equal(s.region_in_use_bytes, base.region_in_use_bytes + r);
+            assert_int_equal(s.heap_allocated_bytes, base.heap_allocated_bytes);
+        } else { /* the heap */
+            assert_true(s.heap_allocated_bytes > base.heap_allocated_bytes);
+            assert_int_equal(s.region_in_use_bytes, base.region_in_use_bytes);
+        }
+        memset(o, 3, big[i]);
+        rp_free(p, o);
+        s = rp_test_stats(p);
+        assert_int_equal(s.region_in_use_bytes, base.region_in_use_bytes);
+        assert_int_equal(s.heap_allocated_bytes, base.heap_allocated_bytes);
+    }
+    /* Larger than the heap can ever hold, and sizes near SIZE_MAX. */
+    size_t huge[] = {64 * MiB, 1 * GiB, SIZE_MAX / 2, SIZE_MAX / 2 + 1, SIZE_MAX - 15,
+                     SIZE_MAX};
+    for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++) {
+        errno = 0;
+        assert_null(rp_alloc(p, huge[i]));
+        assert_int_equal(errno, ENOMEM);
+    }
+    assert_int_equal(log.count, 0);
+    assert_int_equal(rp_check(p), 0);
+    rp_pool_destroy(p);
+}
+
+/* With a larger granule the heap serves sizes up to half a granule. */
+static void test_slab_heap_threshold(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_config c = rp_test_config(&log);
+    c.region_min_bytes = 1 * MiB;
+    c.region_max_bytes = 16 * MiB;
+    rp_pool *p = rp_pool_create(&c);
+    assert_non_null(p);
+    rp_stats b = rp_test_stats(p);
+    void *h = rp_alloc(p, 512 * KiB);   /* <= granule / 2: heap */
+    void *r = rp_alloc(p, 512 * KiB + 1); /* a region of its own */
+    assert_non_null(h);
+    assert_non_null(r);
+    rp_stats s = rp_test_stats(p);
+    assert_true(s.heap_allocated_bytes > b.heap_allocated_bytes);
+    assert_int_equal(s.region_in_use_bytes, b.region_in_use_bytes + 1 * MiB);
+    assert_true(rp_usable_size(p, h) >= 512 * KiB);
+    assert_int_equal(rp_usable_size(p, r), 1 * MiB);
+    rp_free(p, h);
+    rp_free(p, r);
+    s = rp_test_stats(p);
+    assert_int_equal(s.heap_allocated_bytes, b.heap_allocated_bytes);
+    assert_int_equal(s.region_in_use_bytes, b.region_in_use_bytes);
+    /* Small objects still come from slabs (one granule each). */
+    void *o = rp_alloc(p, 100);
+    assert_int_equal(rp_usable_size(p, o), 112);
+    rp_free(p, o);
+    assert_int_equal(log.count, 0);
+    assert_int_equal(rp_check(p), 0);
+    rp_pool_destroy(p);
+
+    /* No heap: everything above RP_OBJECT_MAX up to region_max is a region;
+     * above it nothing fits. */
+    c = rp_test_config(&log);
+    c.heap_bytes = 0;
+    p = rp_pool_create(&c);
+    assert_non_null(p);
+    void *a = rp_alloc(p, 40000);
+    assert_non_null(a);
+    assert_int_equal(rp_usable_size(p, a), 64 * KiB);
+    errno = 0;
+    assert_null(rp_alloc(p, 4 * MiB + 1));
+    assert_int_equal(errno, ENOMEM);
+    rp_free(p, a);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(p);
+}
+
+/* A tiny region_max: classes whose slab would not fit go to the heap. */
+static void test_slab_small_region_max(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_config c = rp_test_config(&log);
+    c.region_min_bytes = 4 * KiB;
+    c.region_max_bytes = 8 * KiB;
+    rp_pool *p = rp_pool_create(&c);
+    assert_non_null(p);
+    void *o[40];
+    size_t n = 0;
+    for (size_t s = 16; s <= RP_OBJECT_MAX; s = expected_class(s + 1)) {
+        o[n] = rp_alloc(p, s);
+        assert_non_null(o[n]);
+        assert_true(rp_usable_size(p, o[n]) >= s);
+        memset(o[n], 7, s);
+        n++;
+    }
+    assert_int_equal(rp_check(p), 0);
+    for (size_t i = 0; i < n; i++)
+        rp_free(p, o[i]);
+    assert_int_equal(rp_test_stats(p).slab_bytes, 0);
+    assert_int_equal(rp_test_stats(p).heap_allocated_bytes, 0);
+    assert_int_equal(log.count, 0);
+    assert_int_equal(rp_check(p), 0);
+    rp_pool_destroy(p);
+}
+
+/* ---- API behaviour ------------------------------------------------------- */
+
+static void test_slab_zero_size_unique(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_pool(&log, 0);
+    void *a = rp_alloc(p, 0), *b = rp_alloc(p, 0);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_ptr_not_equal(a, b);
+    assert_int_equal(rp_usable_size(p, a), 16);
+    rp_free(p, a);
+    rp_free(p, b);
+    rp_free(p, NULL); /* nothing */
+    assert_int_equal(rp_usable_size(p, NULL), 0);
+    void *c = rp_aligned_alloc(p, 64, 0);
+    assert_non_null(c);
+    rp_free(p, c);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(p);
+}
+
+static void test_slab_calloc_zeroes(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_pool(&log, 0);
+    size_t sizes[] = {1, 48, 1000, 32768, 40000, 200000};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        unsigned char *d = rp_alloc(p, sizes[i]);
+        assert_non_null(d);
+        memset(d, 0xee, sizes[i]);
+        rp_free(p, d);
+        unsigned char *z = rp_calloc(p, 1, sizes[i]);
+        assert_non_null(z);
+        for (size_t j = 0; j < sizes[i]; j++)
+            if (z[j])
+                fail_msg("calloc(%zu) byte %zu = %#x", sizes[i], j, z[j]);
+        rp_free(p, z);
+    }
+    unsigned char *z = rp_calloc(p, 10, 10);
+    assert_non_null(z);
+    assert_int_equal(rp_usable_size(p, z), 112);
+    rp_free(p, z);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(p);
+}
+
+static void fill(unsigned char *o, size_t n, unsigned seed)
+{
+    for (size_t i = 0; i < n; i++)
+        o[i] = (unsigned char)(seed + i * 7);
+}
+
+static void verify_fill(const unsigned char *o, size_t n, unsigned seed)
+{
+    for (size_t i = 0; i < n; i++)
+        if (o[i] != (unsigned char)(seed + i * 7))
+            fail_msg("byte %zu of %zu lost (%#x)", i, n, o[i]);
+}
+
+static void test_slab_realloc_across_classes(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_pool(&log, 0);
+    /* Grow through every class and into heap/region sizes, then shrink. */
+    size_t sizes[64], n = 0;
+    for (size_t s = 1; s <= 300 * KiB; s = s * 3 / 2 + 7)
+        sizes[n++] = s;
+    unsigned char *o = rp_realloc(p, NULL, sizes[0]); /* NULL: acts as rp_alloc */
+    assert_non_null(o);
+    fill(o, sizes[0], 1);
+    size_t have = sizes[0];
+    for (size_t i = 1; i < n; i++) {
+        o = rp_realloc(p, o, sizes[i]);
+        assert_non_null(o);
+        verify_fill(o, have, 1);
+        fill(o, sizes[i], 1);
+        have = sizes[i];
+        assert_true(rp_usable_size(p, o) >= sizes[i]);
+    }
+    for (size_t i = n; i-- > 0;) {
+        o = rp_realloc(p, o, sizes[i]);
+        assert_non_null(o);
+        verify_fill(o, sizes[i], 1);
+        assert_true(rp_usable_size(p, o) >= sizes[i]);
+        if (sizes[i] <= RP_OBJECT_MAX) /* shrinking moves to the fitting class */
+            assert_int_equal(rp_usable_size(p, o), expected_class(sizes[i]));
+    }
+    /* Same class: stays in place. */
+    void *q = rp_realloc(p, o, 2);
+    assert_ptr_equal(q, o);
+    /* Failure leaves the block untouched. */
+    fill(q, 2, 9);
+    errno = 0;
+    assert_null(rp_realloc(p, q, SIZE_MAX - 100));
+    assert_int_equal(errno, ENOMEM);
+    verify_fill(q, 2, 9);
+    assert_null(rp_realloc(p, q, 0)); /* frees */
+    assert_int_equal(rp_test_stats(p).slab_bytes, 0);
+    assert_int_equal(log.count, 0);
+    assert_int_equal(rp_check(p), 0);
+    rp_pool_destroy(p);
+}
+
+static void test_slab_aligned_every_pow2(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_config c = rp_test_config(&log);
+    /* An alignment above the region base alignment takes size + align -
+     * base_align bytes of region (OBJECTS.md): 4 MiB alignment of 40000
+     * bytes needs an 8 MiB region class. */
+    c.region_max_bytes = 8 * MiB;
+    rp_pool *p = rp_pool_create(&c);
+    assert_non_null(p);
+    size_t sizes[] = {1, 24, 100, 5000, 40000};
+    for (size_t align = 1; align <= 4 * MiB; align *= 2) {
+        for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+            unsigned char *o = rp_aligned_alloc(p, align, sizes[i]);
+            if (!o)
+                fail_msg("aligned_alloc(%zu, %zu) failed: errno %d", align, sizes[i], errno);
+            if ((uintptr_t)o % align || (uintptr_t)o % 16)
+                fail_msg("aligned_alloc(%zu, %zu) = %p", align, sizes[i], (void *)o);
+            assert_true(rp_usable_size(p, o) >= sizes[i]);
+            fill(o, sizes[i], (unsigned)align);
+            verify_fill(o, sizes[i], (unsigned)align);
+            rp_free(p, o);
+        }
+    }
+    /* Objects: alignments the class sizes and slab bases give for free. */
+    void *a = rp_aligned_alloc(p, 64, 100);
+    assert_int_equal(rp_usable_size(p, a), 128);
+    void *b = rp_aligned_alloc(p, 4096, 10);
+    assert_int_equal(rp_usable_size(p, b), 4096);
+    rp_free(p, a);
+    rp_free(p, b);
+    /* Bad alignments: EINVAL; impossible ones: ENOMEM. */
+    size_t bad[] = {0, 3, 24, 48, 100, 4097, SIZE_MAX};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        errno = 0;
+        assert_null(rp_aligned_alloc(p, bad[i], 64));
+        assert_int_equal(errno, EINVAL);
+    }
+    errno = 0;
+    assert_null(rp_aligned_alloc(p, 16 * MiB, 64));
+    assert_int_equal(errno, ENOMEM);
+    errno = 0;
+    assert_null(rp_aligned_alloc(p, 64, SIZE_MAX - 10));
+    assert_int_equal(errno, ENOMEM);
+    assert_int_equal(rp_test_stats(p).slab_bytes, 0);
+    assert_int_equal(rp_check(p), 0);
+    /* Large blocks went back at once; the thread's slabs go at detach. */
+    assert_int_equal(rp_thread_detach(p), 0);
+    assert_int_equal(rp_test_stats(p).region_in_use_bytes, 0);
+    assert_int_equal(log.count, 0);
+    assert_int_equal(rp_check(p), 0);
+    rp_pool_destroy(p);
+}
+
+/* Exact accounting: slab_bytes is the sum of the live objects' classes. */
+static void test_slab_stats_exact(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_pool(&log, 0);
+    enum { N = 5000 };
+    static void *o[N];
+    size_t sum = 0;
+    uint64_t rng = 42;
+    for (int i = 0; i < N; i++) {
+        rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+        size_t s = (rng >> 33) % 3000;
+        o[i] = rp_alloc(p, s);
+        assert_non_null(o[i]);
+        sum += expected_class(s);
+    }
+    assert_int_equal(rp_test_stats(p).slab_bytes, sum);
+    assert_int_equal(rp_check(p), 0);
+    for (int i = 0; i < N; i += 2) {
+        sum -= rp_usable_size(p, o[i]);
+        rp_free(p, o[i]);
+    }
+    assert_int_equal(rp_test_stats(p).slab_bytes, sum);
+    assert_int_equal(rp_check(p), 0);
+    for (int i = 1; i < N; i += 2)
+        rp_free(p, o[i]);
+    rp_stats s = rp_test_stats(p);
+    assert_int_equal(s.slab_bytes, 0);
+    assert_int_equal(rp_check(p), 0);
+    /* The thread keeps its current slabs and a few empty ones; detaching
+     * gives every slab back. */
+    assert_int_equal(rp_thread_detach(p), 0);
+    assert_int_equal(rp_test_stats(p).region_in_use_bytes, 0);
+    assert_int_equal(rp_check(p), 0);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(p);
+}
+
+/* The fast-path cache survives pools that come and go at the same address. */
+static void test_slab_pools_come_and_go(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    for (int round = 0; round < 20; round++) {
+        rp_pool *a = make_pool(&log, round & 1);
+        rp_pool *b = make_pool(&log, 0);
+        void *x = rp_alloc(a, 64), *y = rp_alloc(b, 64), *z = rp_alloc(a, 100);
+        assert_non_null(x);
+        assert_non_null(y);
+        assert_non_null(z);
+        rp_free(a, x);
+        rp_free(b, y);
+        /* A pointer of the other pool is foreign. */
+        EXPECT_REPORT(&log, RP_ERR_FOREIGN, rp_free(b, z));
+        rp_free(a, z);
+        assert_int_equal(rp_test_stats(a).slab_bytes, 0);
+        assert_int_equal(rp_test_stats(b).slab_bytes, 0);
+        assert_int_equal(rp_check(a), 0);
+        assert_int_equal(rp_check(b), 0);
+        rp_pool_destroy(a); /* this thread's cache still names a */
+        rp_pool_destroy(b);
+    }
+}
+
+/* ---- bad input ----------------------------------------------------------- */
+
+static void bad_input(int hardened)
+{
+    rp_errlog log = {0};
+    rp_pool *p = make_pool(&log, hardened);
+    rp_pool *q = make_pool(&log, hardened);
+
+    /* Allocation arguments. */
+    errno = 0;
+    assert_null(rp_calloc(p, SIZE_MAX / 2, 3));
+    assert_int_equal(errno, ENOMEM);
+    errno = 0;
+    assert_null(rp_calloc(p, (size_t)1 << 33, (size_t)1 << 33));
+    assert_int_equal(errno, ENOMEM);
+    errno = 0;
+    assert_null(rp_alloc(p, SIZE_MAX));
+    assert_int_equal(errno, ENOMEM);
+    errno = 0;
+    assert_null(rp_aligned_alloc(p, 96, 10));
+    assert_int_equal(errno, EINVAL);
+    errno = 0;
+    assert_null(rp_alloc(NULL, 10));
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(log.count, 0);
+
+    char *a = rp_alloc(p, 100); /* class 112 */
+    char *b = rp_alloc(p, 100);
+    char *big = rp_alloc(p, 100 * KiB);
+    char *other = rp_alloc(q, 100);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_non_null(big);
+    assert_non_null(other);
+    char *t48 = rp_alloc(p, 48);
+    memset(a, 1, 100);
+    rp_stats before = rp_test_stats(p);
+    int stack_var;
+
+    /* Foreign: another pool, the stack, the uncarved region area. */
+    EXPECT_REPORT(&log, RP_ERR_FOREIGN, rp_free(p, other));
+    EXPECT_REPORT(&log, RP_ERR_FOREIGN, rp_free(p, &stack_var));
+    EXPECT_REPORT(&log, RP_ERR_FOREIGN, rp_free(p, p->rbase + p->rbytes - 64));
+    EXPECT_REPORT(&log, RP_ERR_FOREIGN, (void)rp_usable_size(p, other));
+    /* Interior: inside an object, misaligned, the large object. */
+    EXPECT_REPORT(&log, RP_ERR_INTERIOR, rp_free(p, a + 16));
+    EXPECT_REPORT(&log, RP_ERR_INTERIOR, rp_free(p, a + 1));
+    EXPECT_REPORT(&log, RP_ERR_INTERIOR, rp_free(p, big + 4096));
+    EXPECT_REPORT(&log, RP_ERR_INTERIOR, (void)rp_usable_size(p, a + 8));
+    assert_int_equal(rp_usable_size(p, a), 112);
+    /* Never allocated: a slot past the ones handed out. */
+    rp_rdesc *d = rpi_desc_lookup(p, a);
+    char *sbase = rpi_desc_base(p, d);
+    char *unused = sbase + 200 * 112; /* slots are handed out in batches of 36 */
+    EXPECT_REPORT(&log, RP_ERR_NOT_LIVE, rp_free(p, unused));
+    /* The slab's tail after its last object (48-byte class: 65536 % 48 = 16;
+     * hardened: the bitmap lives there). */
+    rp_rdesc *d48 = rpi_desc_lookup(p, t48);
+    char *tail = rpi_desc_base(p, d48) + rpi_desc_bytes(p, d48) - 16;
+    EXPECT_REPORT(&log, RP_ERR_INTERIOR, rp_free(p, tail));
+    /* Wrong API: a user region, an arena allocation. */
+    void *r = rp_region_acquire(p, 64 * KiB);
+    EXPECT_REPORT(&log, RP_ERR_WRONG_API, rp_free(p, r));
+    EXPECT_REPORT(&log, RP_ERR_WRONG_API, (void)rp_usable_size(p, r));
+    rp_arena *ar = rp_arena_create(p, 0);
+    if (ar) {
+        void *x = rp_arena_alloc(ar, 64, 16);
+        assert_non_null(x);
+        EXPECT_REPORT(&log, RP_ERR_WRONG_API, rp_free(p, x));
+        rp_arena_destroy(ar);
+    }
+    /* Released region: not live. */
+    rp_region_release(p, r);
+    EXPECT_REPORT(&log, RP_ERR_NOT_LIVE, rp_free(p, r));
+    /* None of that changed anything. */
+    rp_stats after = rp_test_stats(p);
+    assert_int_equal(after.slab_bytes, before.slab_bytes);
+    assert_int_equal(after.region_in_use_bytes, before.region_in_use_bytes);
+    assert_int_equal(rp_check(p), 0);
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(a[i], 1);
+    rp_free(p, t48);
+
+    /* Double free: the immediate repeat is caught in every mode. */
+    rp_free(p, b);
+    EXPECT_REPORT(&log, RP_ERR_NOT_LIVE, rp_free(p, b));
+    assert_int_equal(rp_check(p), 0);
+    /* Large blocks: always. */
+    rp_free(p, big);
+    EXPECT_REPORT(&log, RP_ERR_NOT_LIVE, rp_free(p, big));
+    /* Hardened: any double free, in any order, and usable_size of a freed
+     * object. */
+    if (hardened) {
+        char *c1 = rp_alloc(p, 100), *c2 = rp_alloc(p, 100);
+        rp_free(p, c1);
+        rp_free(p, c2);
+        EXPECT_REPORT(&log, RP_ERR_NOT_LIVE, rp_free(p, c1));
+        EXPECT_REPORT(&log, RP_ERR_NOT_LIVE, (void)rp_usable_size(p, c2));
+    }
+    /* A slab with no object out (kept empty for reuse): every free into it
+     * is a double free. Fill one 16-byte slab, start a second, give the
+     * first slab's objects back. */
+    enum { M = 4097 };
+    void **v = malloc(M * sizeof *v);
+    assert_non_null(v);
+    for (int i = 0; i < M; i++)
+        v[i] = rp_alloc(p, 16);
+    rp_rdesc *d0 = rpi_desc_lookup(p, v[0]);
+    assert_ptr_not_equal(rpi_desc_lookup(p, v[M - 1]), d0);
+    for (int i = 0; i < M; i++)
+        if (rpi_desc_lookup(p, v[i]) == d0)
+            rp_free(p, v[i]);
+    EXPECT_REPORT(&log, RP_ERR_NOT_LIVE, rp_free(p, v[0]));
+    assert_int_equal(rp_check(p), 0);
+    for (int i = 0; i < M; i++)
+        if (rpi_desc_lookup(p, v[i]) != d0)
+            rp_free(p, v[i]);
+    free(v);
+    rp_free(p, a);
+    assert_int_equal(rp_test_stats(p).slab_bytes, 0);
+    assert_int_equal(rp_check(p), 0);
+    /* A NULL pool. */
+    rp_free(NULL, NULL);
+    rp_free(q, other);
+    assert_int_equal(rp_check(q), 0);
+    rp_pool_destroy(q);
+    rp_pool_destroy(p);
+}
+
+static void test_slab_bad_input_plain(void **state)
+{
+    (void)state;
+    bad_input(0);
+}
+
+static void test_slab_bad_input_hardened(void **state)
+{
+    (void)state;
+    bad_input(1);
+}
+
+/* Hardened: an overwritten free-list link is reported as corrupt when it is
+ * decoded, and never followed. */
+static void test_slab_hardened_corrupt_link(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_pool(&log, 1);
+    void *o[4];
+    for (int i = 0; i < 4; i++)
+        o[i] = rp_alloc(p, 64);
+    for (int i = 0; i < 4; i++)
+        rp_free(p, o[i]);
+    /* A use-after-free write over the link of the last object freed. */
+    UNPOISON(o[3], 64);
+    *(void **)o[3] = o[0]; /* a plausible raw pointer: wrong encoding */
+    POISON(o[3], 64);
+    /* The bin hands out the rest of its batch first; the damaged link is
+     * decoded when o[3] (the head of the slab's local list) is taken. */
+    int corrupt = 0;
+    for (int i = 0; i < 300; i++) {
+        int before = log.count;
+        void *x = rp_alloc(p, 64);
+        assert_non_null(x);
+        if (log.count != before) {
+            assert_int_equal(log.last_code, RP_ERR_CORRUPT);
+            corrupt++;
+        }
+        assert_int_equal((uintptr_t)x % 16, 0);
+        assert_int_equal(rp_usable_size(p, x), 64);
+        memset(x, 0, 64);
+    }
+    assert_int_equal(corrupt, 1);
+    assert_int_equal(log.count, 1);
+    rp_pool_destroy(p);
+}
+
+/* Best-effort detection without hardening, remotely: a repeat free of the
+ * last object pushed to a slab's remote list. */
+struct remote_ctx {
+    rp_pool *p;
+    void *obj;
+    rp_errlog *log;
+    int reports;
+};
+
+static void *remote_double(void *arg)
+{
+    struct remote_ctx *c = arg;
+    int before = c->log->count;
+    rp_free(c->p, c->obj);
+    rp_free(c->p, c->obj);
+    c->reports = c->log->count - before;
+    return NULL;
+}
+
+static void test_slab_remote_double_free(void **state)
+{
+    (void)state;
+    for (int hardened = 0; hardened < 2; hardened++) {
+        rp_errlog log = {0};
+        rp_pool *p = make_pool(&log, hardened);
+        void *keep = rp_alloc(p, 64);
+        struct remote_ctx c = {p, rp_alloc(p, 64), &log, 0};
+        pthread_t t;
+        pthread_create(&t, NULL, remote_double, &c);
+        pthread_join(t, NULL);
+        assert_int_equal(c.reports, 1);
+        assert_int_equal(log.last_code, RP_ERR_NOT_LIVE);
+        rp_free(p, keep);
+        assert_int_equal(rp_test_stats(p).slab_bytes, 0);
+        assert_int_equal(rp_check(p), 0);
+        rp_pool_destroy(p);
+    }
+}
+
+/* A stale free by another thread into a slab that has no object out (kept
+ * empty by its owner for reuse): hardened pools report it at once; plain
+ * pools report it when the owner reuses the slab, and never hand the
+ * object out twice. */
+struct stale_ctx {
+    rp_pool *p;
+    void *obj;
+};
+
+static void *stale_free(void *arg)
+{
+    struct stale_ctx *c = arg;
+    rp_free(c->p, c->obj);
+    return NULL;
+}
+
+static int cmp_ptr(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)*(void *const *)a, y = (uintptr_t)*(void *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void test_slab_stale_remote_double_free(void **state)
+{
+    (void)state;
+    for (int hardened = 0; hardened < 2; hardened++) {
+        rp_errlog log = {0};
+        rp_pool *p = make_pool(&log, hardened);
+        enum { M = 4097 }; /* one full 16-byte slab and one more object */
+        void **v = malloc(2 * M * sizeof *v);
+        assert_non_null(v);
+        for (int i = 0; i < M; i++)
+            v[i] = rp_alloc(p, 16);
+        rp_rdesc *d0 = rpi_desc_lookup(p, v[0]);
+        int n0 = 0;
+        for (int i = 0; i < M; i++)
+            if (rpi_desc_lookup(p, v[i]) == d0) {
+                rp_free(p, v[i]); /* the first slab empties: kept for reuse */
+                n0++;
+            }
+        struct stale_ctx c = {p, v[0]};
+        pthread_t t;
+        pthread_create(&t, NULL, stale_free, &c);
+        pthread_join(t, NULL);
+        assert_int_equal(log.count, hardened ? 1 : 0); /* hardened: at once */
+        /* Use up the second slab and reuse the first: no object twice. */
+        int n = 0;
+        for (int i = 0; i < M; i++)
+            if (rpi_desc_lookup(p, v[i]) != d0)
+                v[n++] = v[i];
+        for (int i = 0; i < M + n0; i++)
+            v[n++] = rp_alloc(p, 16);
+        assert_int_equal(log.count, 1);
+        assert_int_equal(log.last_code, RP_ERR_NOT_LIVE);
+        qsort(v, (size_t)n, sizeof *v, cmp_ptr);
+        for (int i = 1; i < n; i++)
+            if (v[i] == v[i - 1])
+                fail_msg("object %p handed out twice", v[i]);
+        assert_int_equal(rp_test_stats(p).slab_bytes, (size_t)n * 16);
+        assert_int_equal(rp_check(p), 0);
+        for (int i = 0; i < n; i++)
+            rp_free(p, v[i]);
+        assert_int_equal(rp_test_stats(p).slab_bytes, 0);
+        assert_int_equal(rp_check(p), 0);
+        free(v);
+        rp_pool_destroy(p);
+    }
+}
+
+/* ---- cross-thread traffic ------------------------------------------------ */
+
+/* A single-producer single-consumer ring: the release store of head
+ * publishes the slot (pairs with the consumer's acquire load); the release
+ * store of tail gives the slot back (pairs with the producer's acquire). */
+#define RING 1024
+struct ring {
+    _Alignas(64) atomic_size_t head;
+    _Alignas(64) atomic_size_t tail;
+    void *slot[RING];
+};
+
+static bool ring_put(struct ring *r, void *v)
+{
+    size_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
+    if (h - atomic_load_explicit(&r->tail, memory_order_acquire) == RING)
+        return false;
+    r->slot[h % RING] = v;
+    atomic_store_explicit(&r->head, h + 1, memory_order_release);
+    return true;
+}
+
+static void *ring_get(struct ring *r)
+{
+    size_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    if (atomic_load_explicit(&r->head, memory_order_acquire) == t)
+        return NULL;
+    void *v = r->slot[t % RING];
+    atomic_store_explicit(&r->tail, t + 1, memory_order_release);
+    return v;
+}
+
+#define COOKIE 0x5eedc0deu
+
+struct obj_hdr {       /* at offset 16: free-list links may use the first 16 */
+    uint32_t cookie;
+    uint32_t size;
+    uint64_t tag;      /* address ^ serial */
+};
+
+struct peer {
+    rp_pool *p;
+    struct ring *out, *in;
+    long nalloc;       /* objects to send */
+    long nrecv;        /* objects to receive */
+    uint64_t rng;
+    int detach_at_end;
+    long bad;
+};
+
+static void *make_obj(struct peer *pe, uint64_t serial)
+{
+    pe->rng = pe->rng * 6364136223846793005ull + 1442695040888963407ull;
+    uint64_t r = pe->rng >> 33;
+    size_t size = 32 + (r % 8 == 0 ? r % 4000 : r % 200);
+    unsigned char *o = rp_alloc(pe->p, size);
+    if (!o)
+        return NULL;
+    struct obj_hdr *h = (struct obj_hdr *)(o + 16);
+    h->cookie = COOKIE;
+    h->size = (uint32_t)size;
+    h->tag = (uint64_t)(uintptr_t)o ^ serial;
+    memset(o + 16 + sizeof *h, (int)(serial & 0xff), size - 16 - sizeof *h);
+    return o;
+}
+
+static bool check_and_free(struct peer *pe, unsigned char *o)
+{
+    struct obj_hdr *h = (struct obj_hdr *)(o + 16);
+    bool ok = h->cookie == COOKIE;
+    if (ok) {
+        uint64_t serial = h->tag ^ (uint64_t)(uintptr_t)o;
+        for (size_t i = 16 + sizeof *h; i < h->size; i++)
+            if (o[i] != (unsigned char)(serial & 0xff)) {
+                ok = false;
+                break;
+            }
+        if (rp_usable_size(pe->p, o) < h->size)
+            ok = false;
+    }
+    h->cookie = 0xdeaddead;
+    rp_free(pe->p, o);
+    return ok;
+}
+
+static void *peer_main(void *arg)
+{
+    struct peer *pe = arg;
+    long sent = 0, got = 0;
+    void *pending = NULL;
+    while (sent < pe->nalloc || got < pe->nrecv) {
+        int progress = 0;
+        for (int k = 0; k < 64 && sent < pe->nalloc; k++) {
+            if (!pending)
+                pending = make_obj(pe, (uint64_t)sent);
+            if (!pending) {
+                pe->bad++;
+                return NULL;
+            }
+            if (!ring_put(pe->out, pending))
+                break;
+            pending = NULL;
+            sent++;
+            progress = 1;
+        }
+        for (int k = 0; k < 64 && got < pe->nrecv; k++) {
+            void *o = ring_get(pe->in);
+            if (!o)
+                break;
+            if (!check_and_free(pe, o))
+                pe->bad++;
+            got++;
+            progress = 1;
+        }
+        if (!progress)
+            sched_yield();
+    }
+    if (pe->detach_at_end)
+        rp_thread_detach(pe->p);
+    return NULL;
+}
+
+/* Pairs of threads that free each other's objects: every free is remote,
+ * every slab gets remote lists, and thread exit abandons what is live. */
+static void run_pairs(rp_pool *p, int pairs, long per_thread, int detach)
+{
+    struct ring *rings = calloc((size_t)pairs * 2, sizeof *rings);
+    struct peer *pe = calloc((size_t)pairs * 2, sizeof *pe);
+    pthread_t *t = calloc((size_t)pairs * 2, sizeof *t);
+    assert_non_null(rings);
+    for (int i = 0; i < pairs; i++) {
+        struct peer *a = &pe[2 * i], *b = &pe[2 * i + 1];
+        *a = (struct peer){p, &rings[2 * i], &rings[2 * i + 1], per_thread, per_thread,
+                           (uint64_t)i * 2 + 1, detach, 0};
+        *b = (struct peer){p, &rings[2 * i + 1], &rings[2 * i], per_thread, per_thread,
+                           (uint64_t)i * 2 + 2, detach, 0};
+    }
+    for (int i = 0; i < pairs * 2; i++)
+        pthread_create(&t[i], NULL, peer_main, &pe[i]);
+    for (int i = 0; i < pairs * 2; i++) {
+        pthread_join(t[i], NULL);
+        if (pe[i].bad)
+            fail_msg("thread %d: %ld objects with a bad cookie or failed allocations", i,
+                     pe[i].bad);
+    }
+    free(rings);
+    free(pe);
+    free(t);
+}
+
+static void test_slab_producer_consumer(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_pool(&log, 0);
+    rp_stats base = rp_test_stats(p);
+    long per = SCALE(600000L); /* 4 threads x 2 x 600k = 4.8M operations */
+    run_pairs(p, 2, per, 0);
+    rp_stats s = rp_test_stats(p);
+    assert_int_equal(s.slab_bytes, 0);
+    assert_int_equal(s.errors, 0);
+    assert_int_equal(rp_check(p), 0);
+    /* Threads exited: their slabs went back (empty) or were abandoned and
+     * released by the last remote free. Only this thread's are left. */
+    assert_int_equal(rp_thread_detach(p), 0);
+    assert_int_equal(rp_test_stats(p).region_in_use_bytes, 0);
+    rp_purge(p);
+    s = rp_test_stats(p);
+    /* Physical back to the baseline: what remains is metadata (per-thread
+     * shards are metadata and are recycled, not returned) and the heap. */
+    assert_int_equal(s.physical_bytes - s.metadata_bytes - s.heap_physical_bytes,
+                     base.physical_bytes - base.metadata_bytes - base.heap_physical_bytes);
+    assert_int_equal(s.region_dirty_bytes, 0);
+    assert_int_equal(rp_check(p), 0);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(p);
+}
+
+static void test_slab_producer_consumer_hardened(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_pool(&log, 1);
+    run_pairs(p, 2, SCALE(150000L), 1);
+    rp_stats s = rp_test_stats(p);
+    assert_int_equal(s.slab_bytes, 0);
+    assert_int_equal(rp_check(p), 0);
+    assert_int_equal(rp_thread_detach(p), 0);
+    assert_int_equal(rp_test_stats(p).region_in_use_bytes, 0);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(p);
+}
+
+/* ---- thread exit: abandonment and adoption ------------------------------- */
+
+struct exit_ctx {
+    rp_pool *p;
+    size_t n;
+    void **objs;
+    size_t *sizes;
+};
+
+static void *alloc_and_exit(void *arg)
+{
+    struct exit_ctx *c = arg;
+    for (size_t i = 0; i < c->n; i++) {
+        c->sizes[i] = 16 + (i * 37) % 3000;
+        c->objs[i] = rp_alloc(c->p, c->sizes[i]);
+        if (c->objs[i])
+            memset(c->objs[i], (int)(i & 0xff), c->sizes[i]);
+    }
+    return NULL; /* exits with everything live: its slabs are abandoned */
+}
+
+static void *alloc_some(void *arg)
+{
+    struct exit_ctx *c = arg;
+    for (size_t i = 0; i < c->n; i++) {
+        c->objs[i] = rp_alloc(c->p, c->sizes[i]);
+        if (c->objs[i])
+            memset(c->objs[i], 0x77, c->sizes[i]);
+    }
+    rp_thread_detach(c->p);
+    return NULL;
+}
+
+static void test_slab_thread_exit_abandon_adopt(void **state)
+{
+    (void)state;
+    for (int hardened = 0; hardened < 2; hardened++) {
+        rp_errlog log = {0};
+        rp_pool *p = make_pool(&log, hardened);
+        enum { N = 20000 };
+        static void *objs[N], *objs2[N];
+        static size_t sizes[N];
+        struct exit_ctx a = {p, N, objs, sizes};
+        pthread_t t;
+        pthread_create(&t, NULL, alloc_and_exit, &a);
+        pthread_join(t, NULL);
+        size_t live = 0;
+        for (size_t i = 0; i < N; i++) {
+            assert_non_null(objs[i]);
+            live += expected_class(sizes[i]);
+        }
+        rp_stats s = rp_test_stats(p);
+        assert_int_equal(s.slab_bytes, live);
+        assert_true(s.region_in_use_bytes > 0);
+        assert_int_equal(rp_check(p), 0); /* the abandoned stacks are consistent */
+
+        /* Free every other object from here: remote frees into abandoned
+         * slabs. */
+        for (size_t i = 0; i < N; i += 2) {
+            unsigned char *o = objs[i];
+            for (size_t j = 0; j < sizes[i]; j++)
+                if (o[j] != (unsigned char)(i & 0xff))
+                    fail_msg("object %zu damaged at %zu", i, j);
+            live -= expected_class(sizes[i]);
+            rp_free(p, o);
+        }
+        assert_int_equal(rp_test_stats(p).slab_bytes, live);
+        assert_int_equal(rp_check(p), 0);
+
+        /* Another thread adopts the abandoned slabs (their free objects come
+         * back) and exits with its objects live. */
+        struct exit_ctx b = {p, N / 2, objs2, sizes};
+        pthread_create(&t, NULL, alloc_some, &b);
+        pthread_join(t, NULL);
+        for (size_t i = 0; i < N / 2; i++)
+            assert_non_null(objs2[i]);
+        assert_int_equal(rp_check(p), 0);
+        /* The remaining objects of the first thread are intact. */
+        for (size_t i = 1; i < N; i += 2) {
+            unsigned char *o = objs[i];
+            for (size_t j = 0; j < sizes[i]; j++)
+                if (o[j] != (unsigned char)(i & 0xff))
+                    fail_msg("object %zu damaged at %zu after adoption", i, j);
+        }
+        /* Free everything: the last remote free into each abandoned slab
+         * gives it back. */
+        for (size_t i = 1; i < N; i += 2)
+            rp_free(p, objs[i]);
+        for (size_t i = 0; i < N / 2; i++)
+            rp_free(p, objs2[i]);
+        s = rp_test_stats(p);
+        assert_int_equal(s.slab_bytes, 0);
+        assert_int_equal(rp_check(p), 0);
+        assert_int_equal(rp_thread_detach(p), 0);
+        s = rp_test_stats(p);
+        assert_int_equal(s.region_in_use_bytes, 0);
+        assert_int_equal(rp_check(p), 0);
+        assert_int_equal(log.count, 0);
+        rp_pool_destroy(p);
+    }
+}
+
+/* Threads exit while others free their objects: remote frees race with
+ * abandonment, adoption and the DEAD hand-over. Nothing may be lost. */
+struct churn {
+    rp_pool *p;
+    struct ring *ring;
+    long n;
+    long bad;
+};
+
+static void *churn_producer(void *arg)
+{
+    struct churn *c = arg;
+    for (long i = 0; i < c->n; i++) {
+        size_t size = 32 + (size_t)(i * 131) % 700; /* room for the header */
+        unsigned char *o = rp_alloc(c->p, size);
+        if (!o) {
+            c->bad++;
+            break;
+        }
+        struct obj_hdr *h = (struct obj_hdr *)(o + 16);
+        h->cookie = COOKIE;
+        h->size = (uint32_t)size;
+        h->tag = (uint64_t)(uintptr_t)o;
+        while (!ring_put(c->ring, o))
+            sched_yield();
+    }
+    return NULL; /* exit: abandon whatever the consumer has not freed yet */
+}
+
+static void test_slab_exit_races_remote_frees(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_pool(&log, 0);
+    long rounds = SCALE(64L), per = 3000;
+    struct ring *ring = calloc(1, sizeof *ring);
+    for (long r = 0; r < rounds; r++) {
+        struct churn c = {p, ring, per, 0};
+        pthread_t t;
+        pthread_create(&t, NULL, churn_producer, &c);
+        long got = 0;
+        while (got < per) {
+            unsigned char *o = ring_get(ring);
+            if (!o) {
+                sched_yield();
+                continue;
+            }
+            struct obj_hdr *h = (struct obj_hdr *)(o + 16);
+            if (h->cookie != COOKIE || h->tag != (uint64_t)(uintptr_t)o)
+                fail_msg("round %ld: object %p has a bad cookie", r, (void *)o);
+            h->cookie = 0;
+            rp_free(p, o);
+            got++;
+        }
+        pthread_join(t, NULL);
+        assert_int_equal(c.bad, 0);
+    }
+    free(ring);
+    assert_int_equal(rp_test_stats(p).slab_bytes, 0);
+    assert_int_equal(rp_check(p), 0);
+    assert_int_equal(rp_thread_detach(p), 0);
+    assert_int_equal(rp_test_stats(p).region_in_use_bytes, 0);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(p);
+}
+
+/* Objects of a thread that detaches while they are live, freed later by
+ * the same thread under a new shard: remote frees into its own abandoned
+ * slabs. */
+static void test_slab_detach_then_free(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_pool(&log, 0);
+    void *o[3000];
+    for (int i = 0; i < 3000; i++)
+        o[i] = rp_alloc(p, (size_t)(i % 500) + 1);
+    assert_int_equal(rp_thread_detach(p), 0);
+    assert_int_equal(rp_check(p), 0);
+    for (int i = 0; i < 3000; i++)
+        rp_free(p, o[i]);
+    assert_int_equal(rp_test_stats(p).slab_bytes, 0);
+    assert_int_equal(rp_thread_detach(p), 0);
+    assert_int_equal(rp_test_stats(p).region_in_use_bytes, 0);
+    assert_int_equal(rp_check(p), 0);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(p);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_slab_waste_bound_every_size),
+        cmocka_unit_test(test_slab_class_boundaries),
+        cmocka_unit_test(test_slab_heap_threshold),
+        cmocka_unit_test(test_slab_small_region_max),
+        cmocka_unit_test(test_slab_zero_size_unique),
+        cmocka_unit_test(test_slab_calloc_zeroes),
+        cmocka_unit_test(test_slab_realloc_across_classes),
+        cmocka_unit_test(test_slab_aligned_every_pow2),
+        cmocka_unit_test(test_slab_stats_exact),
+        cmocka_unit_test(test_slab_pools_come_and_go),
+        cmocka_unit_test(test_slab_bad_input_plain),
+        cmocka_unit_test(test_slab_bad_input_hardened),
+        cmocka_unit_test(test_slab_hardened_corrupt_link),
+        cmocka_unit_test(test_slab_remote_double_free),
+        cmocka_unit_test(test_slab_stale_remote_double_free),
+        cmocka_unit_test(test_slab_producer_consumer),
+        cmocka_unit_test(test_slab_producer_consumer_hardened),
+        cmocka_unit_test(test_slab_thread_exit_abandon_adopt),
+        cmocka_unit_test(test_slab_exit_races_remote_frees),
+        cmocka_unit_test(test_slab_detach_then_free),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
