@@ -34,6 +34,9 @@ VFLAGS := -fsanitize=thread -O1 -g -fno-omit-frame-pointer
 else ifeq ($(VARIANT),asan)
 CC := clang
 VFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -O1 -g -fno-omit-frame-pointer
+else ifeq ($(VARIANT),fuzz)
+CC := clang
+VFLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -O1 -g
 else ifeq ($(VARIANT),clang)
 CC := clang
 VFLAGS :=
@@ -56,16 +59,28 @@ STRESS_SRCS := $(wildcard stress/stress_*.c)
 STRESSES := $(STRESS_SRCS:stress/%.c=$(B)/stress/%)
 TEST_HELPERS := $(wildcard tests/helpers/*.c)
 
+FUZZ_SRCS := $(wildcard fuzz/fuzz_*.c)
+FUZZERS := $(FUZZ_SRCS:fuzz/%.c=$(B)/fuzz/%)
+FUZZ_SECONDS ?= 60
+
 STATIC := $(B)/librpool.a
+# The malloc-compatible preload library: the same sources plus preload.c,
+# compiled with initial-exec TLS (malloc must not reach __tls_get_addr).
+# Not built in sanitizer variants: the sanitizers own malloc there.
+PRELOAD := $(B)/librpool-malloc.so
+PRELOAD_OBJS := $(LIB_SRCS:src/%.c=$(B)/pobj/%.o) $(B)/pobj/preload.o
+ifneq ($(filter $(VARIANT),tsan asan fuzz),)
+PRELOAD :=
+endif
 SHARED := $(B)/librpool.so.$(VERSION)
 SONAME := librpool.so.$(VERSION_MAJOR)
 
 .PHONY: all lib test check tsan asan clang stress bench demo fuzz install \
-        uninstall clean help deps tests-build stress-build
+        uninstall clean help deps tests-build stress-build fuzz-build
 
 all: lib
 
-lib: $(STATIC) $(SHARED) $(B)/rpool.pc
+lib: $(STATIC) $(SHARED) $(B)/rpool.pc $(PRELOAD)
 
 deps:
 	@sh ci/deps.sh
@@ -73,7 +88,13 @@ deps:
 $(B)/obj/%.o: src/%.c src/internal.h src/atomic.h include/rpool.h | $(B)/obj
 	$(CC) $(CFLAGS) $(LIB_CFLAGS) -c $< -o $@
 
-$(B)/obj $(B)/tests $(B)/stress:
+$(B)/pobj/%.o: src/%.c src/internal.h src/atomic.h include/rpool.h | $(B)/pobj
+	$(CC) $(CFLAGS) $(LIB_CFLAGS) -ftls-model=initial-exec -c $< -o $@
+
+$(B)/librpool-malloc.so: $(PRELOAD_OBJS)
+	$(CC) $(CFLAGS) -shared -Wl,-soname,librpool-malloc.so -o $@ $^ $(LDFLAGS) $(DEP_LIBS) -ldl
+
+$(B)/obj $(B)/pobj $(B)/tests $(B)/stress $(B)/fuzz:
 	@mkdir -p $@
 
 $(STATIC): $(LIB_OBJS)
@@ -94,9 +115,13 @@ TEST_LIBS := $(STATIC) -lcmocka $(DEP_LIBS) -lm
 $(B)/tests/%: tests/%.c $(TEST_HELPERS) $(STATIC) tests/testutil.h | $(B)/tests
 	$(CC) $(CFLAGS) -Itests -o $@ $< $(TEST_HELPERS) $(LDFLAGS) $(TEST_LIBS)
 
-$(B)/stress/%: stress/%.c $(STATIC) | $(B)/stress
-	$(CC) $(CFLAGS) -Itests -o $@ $< $(LDFLAGS) $(TEST_LIBS)
+$(B)/stress/%: stress/%.c stress/stress_common.h $(TEST_HELPERS) $(STATIC) | $(B)/stress
+	$(CC) $(CFLAGS) -Itests -o $@ $< $(TEST_HELPERS) $(LDFLAGS) $(TEST_LIBS)
 
+$(B)/fuzz/%: fuzz/%.c $(STATIC) | $(B)/fuzz
+	$(CC) $(CFLAGS) -fsanitize=fuzzer -Itests -o $@ $< $(LDFLAGS) $(TEST_LIBS)
+
+fuzz-build: $(STATIC) $(FUZZERS)
 tests-build: lib $(TESTS)
 stress-build: lib $(STRESSES)
 
@@ -106,7 +131,8 @@ test check: deps
 	@$(MAKE) --no-print-directory VARIANT=release tests-build stress-build
 	@$(MAKE) --no-print-directory VARIANT=tsan tests-build stress-build
 	@$(MAKE) --no-print-directory VARIANT=asan tests-build stress-build
-	@sh tests/run.sh build/release build/tsan build/asan
+	@$(MAKE) --no-print-directory VARIANT=fuzz fuzz-build
+	@FUZZ_SECONDS=$${FUZZ_SECONDS:-20} sh tests/run.sh build/release build/tsan build/asan build/fuzz
 
 tsan:
 	@$(MAKE) --no-print-directory VARIANT=tsan tests-build stress-build
@@ -122,6 +148,11 @@ stress: deps
 	@$(MAKE) --no-print-directory VARIANT=tsan stress-build
 	@RP_STRESS_LONG=1 sh tests/run.sh --stress-only build/release build/tsan
 
+# Bounded fuzzing campaign of every fuzz/fuzz_*.c target (FUZZ_SECONDS each).
+fuzz: deps
+	@$(MAKE) --no-print-directory VARIANT=fuzz fuzz-build
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) sh tests/run.sh --fuzz-only build/fuzz
+
 bench: deps
 	@$(MAKE) --no-print-directory -C bench
 
@@ -131,6 +162,7 @@ install: lib
 	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/librpool.so.$(VERSION)
 	ln -sf librpool.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/librpool.so
+	install -m 755 $(B)/librpool-malloc.so $(DESTDIR)$(LIBDIR)/librpool-malloc.so
 	install -m 644 include/rpool.h $(DESTDIR)$(INCLUDEDIR)/rpool.h
 	install -m 644 $(B)/rpool.pc $(DESTDIR)$(PKGCONFIGDIR)/rpool.pc
 	@if [ -f docs/rpool.3 ]; then install -d $(DESTDIR)$(MANDIR)/man3 && \
@@ -139,6 +171,7 @@ install: lib
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/librpool.a $(DESTDIR)$(LIBDIR)/librpool.so \
 	      $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/librpool.so.$(VERSION) \
+	      $(DESTDIR)$(LIBDIR)/librpool-malloc.so \
 	      $(DESTDIR)$(INCLUDEDIR)/rpool.h $(DESTDIR)$(PKGCONFIGDIR)/rpool.pc \
 	      $(DESTDIR)$(MANDIR)/man3/rpool.3
 

@@ -11,8 +11,9 @@
 # TSan/ASan reports make the sanitizer abort the program (halt_on_error), so
 # they fail the case.
 set -u
-stress_only=0
+stress_only=0; fuzz_only=0
 if [ "${1:-}" = "--stress-only" ]; then stress_only=1; shift; fi
+if [ "${1:-}" = "--fuzz-only" ]; then fuzz_only=1; stress_only=1; shift; fi
 pass=0; fail=0; failed_names=""
 export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1 second_deadlock_stack=1}"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0 abort_on_error=1}"
@@ -27,7 +28,9 @@ run_cmocka() { # $1 binary
     rc=$?
     runs=$(grep -c '^\[ RUN      \]' "$out")
     oks=$(grep -c '^\[       OK \]' "$out")
-    skips=$(grep -c '^\[  SKIPPED \]' "$out")
+    # cmocka lists each skip twice (inline and in the summary): use the count.
+    skips=$(sed -n 's/^\[  SKIPPED \] \([0-9][0-9]*\) test(s).*/\1/p' "$out" | tail -1)
+    skips=${skips:-0}
     bad=$((runs - oks - skips))
     if [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; fi
     pass=$((pass + oks)); fail=$((fail + bad))
@@ -38,10 +41,10 @@ run_cmocka() { # $1 binary
     fi
 }
 
-run_plain() { # $1 binary
+run_plain() { # $1 binary, then its arguments
     out="$tmp/out"
     start=$(date +%s)
-    timeout 600 "$1" >"$out" 2>&1
+    timeout 900 "$@" >"$out" 2>&1
     rc=$?
     if [ "$rc" -eq 0 ]; then
         pass=$((pass + 1)); echo "$1: passed ($(( $(date +%s) - start ))s) $(tail -1 "$out")"
@@ -57,10 +60,25 @@ for b in "$@"; do
             [ -x "$t" ] && run_cmocka "$t"
         done
     fi
-    for s in "$b"/stress/stress_*; do
-        [ -x "$s" ] && run_plain "$s"
+    if [ "$fuzz_only" -eq 0 ]; then
+        for s in "$b"/stress/stress_*; do
+            [ -x "$s" ] && run_plain "$s"
+        done
+    fi
+    # Fuzz targets: a bounded campaign each, corpus kept under build/.
+    for f in "$b"/fuzz/fuzz_*; do
+        [ -x "$f" ] || continue
+        corpus="$b/corpus/$(basename "$f")"; mkdir -p "$corpus"
+        run_plain "$f" -max_total_time="${FUZZ_SECONDS:-20}" -rss_limit_mb=4096 \
+            -timeout=30 -print_final_stats=1 "$corpus"
     done
 done
+# Scripted checks (install, packaging): once per run, not per build.
+if [ "$stress_only" -eq 0 ]; then
+    for s in "$(dirname "$0")"/scripts/test_*.sh; do
+        [ -x "$s" ] && run_plain "$s"
+    done
+fi
 [ -n "$failed_names" ] && echo "failed:$failed_names"
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ] && [ "$pass" -gt 0 ]

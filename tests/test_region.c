@@ -691,6 +691,46 @@ static void test_region_budget_set_runtime(void **state)
     rp_pool_destroy(p);
 }
 
+struct marks {
+    int up, down;
+    size_t last;
+};
+
+static void on_mark(void *opaque, rp_pool *p, size_t phys, int above)
+{
+    (void)p;
+    struct marks *m = opaque;
+    if (above)
+        m->up++;
+    else
+        m->down++;
+    m->last = phys;
+}
+
+static void test_region_soft_watermark_callback(void **state)
+{
+    (void)state;
+    struct marks m = {0, 0, 0};
+    rp_config c = rp_test_config(NULL);
+    c.physical_soft_limit = 8 * MiB;
+    c.watermark_hook = on_mark;
+    c.watermark_opaque = &m;
+    rp_pool *p = rp_pool_create(&c);
+    void *r[4];
+    for (int i = 0; i < 4; i++)
+        r[i] = rp_region_acquire(p, 4 * MiB);
+    /* Crossed upwards exactly once, reporting a value above the limit. */
+    assert_int_equal(m.up, 1);
+    assert_int_equal(m.down, 0);
+    assert_true(m.last > 8 * MiB);
+    for (int i = 0; i < 4; i++)
+        rp_region_release(p, r[i]);
+    /* Purged at release (delay 0): back below, reported once. */
+    assert_int_equal(m.down, 1);
+    assert_true(m.last <= 8 * MiB);
+    rp_pool_destroy(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -711,6 +751,7 @@ int main(void)
         cmocka_unit_test(test_region_strict_mode_aborts),
         cmocka_unit_test(test_region_pools_independent),
         cmocka_unit_test(test_region_budget_set_runtime),
+        cmocka_unit_test(test_region_soft_watermark_callback),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
