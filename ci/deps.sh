@@ -4,7 +4,7 @@
 # Runs apt-get through sudo when not root. Exits non-zero if a package cannot be had.
 set -eu
 
-want="libck-dev liburcu-dev libcmocka-dev clang libclang-rt-14-dev pkg-config python3 $*"
+want="libck-dev liburcu-dev libcmocka-dev clang libclang-rt-14-dev pkg-config python3 xz-utils binutils $*"
 missing=""
 for pkg in $want; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
