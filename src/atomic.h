@@ -31,6 +31,7 @@
 #ifndef RP_ATOMIC_H
 #define RP_ATOMIC_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -41,6 +42,12 @@
 
 #if defined(__SANITIZE_THREAD__) || __has_feature(thread_sanitizer)
 #define RP_TSAN 1
+/* Negative control for tests/test_tsan.c: -DRP_TSAN_SHOW_INTERNAL_SYNC=1
+ * makes rpool's internal synchronization visible again, which must make the
+ * user-race test fail (masking). Never for production builds. */
+#ifndef RP_TSAN_SHOW_INTERNAL_SYNC
+#define RP_TSAN_SHOW_INTERNAL_SYNC 0
+#endif
 #else
 #define RP_TSAN 0
 #endif
@@ -68,7 +75,7 @@ static inline void rp_hb_acquire(const void *addr)
         __tsan_acquire((void *)addr);
 }
 
-#if RP_TSAN
+#if RP_TSAN && !RP_TSAN_SHOW_INTERNAL_SYNC
 /* Exported by the clang 14 and gcc 12 TSan runtimes, not declared in their
  * public headers. */
 void __tsan_ignore_thread_begin(void);
@@ -89,6 +96,34 @@ void AnnotateIgnoreSyncEnd(const char *file, int line);
 #define RP_HIDE_BEGIN() ((void)0)
 #define RP_HIDE_END() ((void)0)
 #endif
+
+/* Internal mutexes (carving, metadata, the thread list, the pool registry)
+ * protect only rpool's own data, all of which is accessed with atomics or
+ * inside hidden sections. Their lock/unlock must not create happens-before
+ * between user threads (two threads that both carve or start a shard would
+ * otherwise be ordered, hiding races in the user's code), so TSan builds
+ * ignore their synchronization. */
+#if RP_TSAN && !RP_TSAN_SHOW_INTERNAL_SYNC
+#define RP_SYNC_HIDE_BEGIN() AnnotateIgnoreSyncBegin(__FILE__, __LINE__)
+#define RP_SYNC_HIDE_END() AnnotateIgnoreSyncEnd(__FILE__, __LINE__)
+#else
+#define RP_SYNC_HIDE_BEGIN() ((void)0)
+#define RP_SYNC_HIDE_END() ((void)0)
+#endif
+
+static inline void rp_mutex_lock(pthread_mutex_t *m)
+{
+    RP_SYNC_HIDE_BEGIN();
+    pthread_mutex_lock(m);
+    RP_SYNC_HIDE_END();
+}
+
+static inline void rp_mutex_unlock(pthread_mutex_t *m)
+{
+    RP_SYNC_HIDE_BEGIN();
+    pthread_mutex_unlock(m);
+    RP_SYNC_HIDE_END();
+}
 
 /* ---- ASan poisoning ------------------------------------------------------ */
 

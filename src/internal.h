@@ -176,9 +176,11 @@ struct rp_pool {
     char *base;
     size_t reserve_bytes;
     rp_rdesc *desc;             /* table of ngranules descriptors */
-    size_t desc_committed;      /* bytes of the table committed (carve lock) */
+    uint64_t desc_committed;    /* bytes of the table committed; written
+                                   under carve_lock, atomic */
     char *bump_base;            /* meta bump area for shards/heap state */
-    size_t bump_reserved, bump_used, bump_committed; /* under meta_lock */
+    size_t bump_reserved;       /* constant */
+    uint64_t bump_used, bump_committed; /* written under meta_lock, atomic */
     char *heap_base;
     size_t heap_bytes;
     char *rbase;
@@ -209,7 +211,7 @@ struct rp_pool {
     struct cds_list_head threads;   /* RCU list of rp_tstate */
     rp_tstate *free_ts;             /* recycled shards */
     uint64_t nthreads;              /* live shards; relaxed */
-    uint64_t next_tid;
+    uint64_t next_tid;          /* atomic */
 
     rp_pool *reg_next;          /* process-wide registry (pool.c) */
 

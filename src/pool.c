@@ -31,27 +31,34 @@ const char *rp_version(void)
     return RP_VERSION_STRING;
 }
 
+/* The registry's lock and list are rpool-internal: hidden from TSan
+ * (accesses and synchronization), see atomic.h. */
 rp_pool *rpi_registry_lock(uint64_t id)
 {
+    rp_pool *found = NULL;
+    RP_HIDE_BEGIN();
     pthread_mutex_lock(&registry_lock);
-    for (rp_pool *p = registry; p; p = p->reg_next)
+    for (rp_pool *p = registry; p && !found; p = p->reg_next)
         if (p->id == id)
-            return p;
-    return NULL;
+            found = p;
+    RP_HIDE_END();
+    return found;
 }
 
 void rpi_registry_unlock(void)
 {
+    RP_HIDE_BEGIN();
     pthread_mutex_unlock(&registry_lock);
+    RP_HIDE_END();
 }
 
 static void fork_prepare(void)
 {
     pthread_mutex_lock(&registry_lock);
     for (rp_pool *p = registry; p; p = p->reg_next) {
-        pthread_mutex_lock(&p->threads_lock);
-        pthread_mutex_lock(&p->carve_lock);
-        pthread_mutex_lock(&p->meta_lock);
+        rp_mutex_lock(&p->threads_lock);
+        rp_mutex_lock(&p->carve_lock);
+        rp_mutex_lock(&p->meta_lock);
         rpi_heap_prefork(p);
     }
     rpi_threads_prefork();
@@ -62,9 +69,9 @@ static void fork_release(int child)
     rpi_threads_postfork(child);
     for (rp_pool *p = registry; p; p = p->reg_next) {
         rpi_heap_postfork(p);
-        pthread_mutex_unlock(&p->meta_lock);
-        pthread_mutex_unlock(&p->carve_lock);
-        pthread_mutex_unlock(&p->threads_lock);
+        rp_mutex_unlock(&p->meta_lock);
+        rp_mutex_unlock(&p->carve_lock);
+        rp_mutex_unlock(&p->threads_lock);
         if (child) {
             /* The purger thread does not exist in the child; expired regions
              * are then purged from within rpool calls (rpi_region_put). */
@@ -143,11 +150,13 @@ rp_pool *rp_pool_create(const rp_config *cfg)
         fprintf(stderr,
                 "rpool: warning: heap_bytes=%zu guarantees only %zu live bytes under worst-case "
                 "fragmentation for requests up to %zu\n", p->heap_bytes, live, maxr);
+    RP_HIDE_BEGIN();
     pthread_mutex_lock(&registry_lock);
     p->id = next_pool_id++;
     p->reg_next = registry;
     registry = p;
     pthread_mutex_unlock(&registry_lock);
+    RP_HIDE_END();
     return p;
 }
 
@@ -155,6 +164,7 @@ void rp_pool_destroy(rp_pool *p)
 {
     if (!p)
         return;
+    RP_HIDE_BEGIN();
     pthread_mutex_lock(&registry_lock);
     rp_pool **pp = &registry;
     while (*pp && *pp != p)
@@ -163,6 +173,7 @@ void rp_pool_destroy(rp_pool *p)
     if (found)
         *pp = p->reg_next;
     pthread_mutex_unlock(&registry_lock);
+    RP_HIDE_END();
     if (!found) {
         rpi_report(NULL, RP_ERR_MISUSE, p,
                    "rp_pool_destroy(%p): not a live pool (destroyed twice?)",

@@ -538,7 +538,24 @@ void rpi_purger_stop(rp_pool *p)
         }                                                                     \
     } while (0)
 
+static int region_check(rp_pool *p);
+
+/* Exclude the delayed purger (it holds regions in PURGING while it works),
+ * so that a check at a quiescent point of the program is exact. */
 int rpi_region_check(rp_pool *p)
+{
+    uint32_t idle = 0;
+    /* CAS 0 -> 1 as in rpi_purge_expired; pairs with its release store. */
+    while (!rp_cas_u32(&p->purge_busy, &idle, 1)) {
+        idle = 0;
+        sched_yield();
+    }
+    int rc = region_check(p);
+    rp_store_release_u32(&p->purge_busy, 0);
+    return rc;
+}
+
+static int region_check(rp_pool *p)
 {
     uint64_t in_use[RP_MAX_CLASSES] = {0}, dirty[RP_MAX_CLASSES] = {0},
              clean[RP_MAX_CLASSES] = {0};

@@ -103,6 +103,13 @@ rp_pool *rpi_reserve_create(const rp_config *cfg)
 void rpi_reserve_destroy(rp_pool *p)
 {
     size_t R = p->reserve_bytes;
+    /* ASan: manual poisoning survives munmap, so a later mapping at this
+     * address would inherit it. Unpoison what was ever committed (only
+     * there can poison have been set), not the whole reservation. */
+    rp_unpoison(p->rbase, (size_t)rp_load_relaxed_u64(&p->hwm) << p->gshift);
+    rp_unpoison(p->heap_base, (size_t)rp_load_relaxed_u64(&p->acct.heap_committed_bytes));
+    rp_unpoison(p->bump_base, rp_load_relaxed_u64(&p->bump_committed));
+    rp_unpoison(p->desc, rp_load_relaxed_u64(&p->desc_committed));
     pthread_mutex_destroy(&p->carve_lock);
     pthread_mutex_destroy(&p->meta_lock);
     p->magic = 0;
@@ -138,18 +145,18 @@ rp_rdesc *rpi_carve(rp_pool *p, unsigned cls, unsigned kind, enum rp_fail *why)
     size_t bytes = n << p->gshift;
     rp_rdesc *d = NULL;
 
-    pthread_mutex_lock(&p->carve_lock);
-    size_t hwm = p->hwm;
+    rp_mutex_lock(&p->carve_lock);
+    size_t hwm = rp_load_relaxed_u64(&p->hwm);
     if (hwm + n > p->ngranules) {
         *why = RP_FAIL_OTHER; /* reservation exhausted */
         goto out;
     }
     size_t need = rp_align_up((hwm + n) * sizeof(rp_rdesc), p->page);
-    if (need > p->desc_committed) {
-        size_t grow = need - p->desc_committed;
-        if (commit_meta(p, (char *)p->desc + p->desc_committed, grow, why))
+    size_t have = rp_load_relaxed_u64(&p->desc_committed);
+    if (need > have) {
+        if (commit_meta(p, (char *)p->desc + have, need - have, why))
             goto out;
-        p->desc_committed = need;
+        rp_store_relaxed_u64(&p->desc_committed, need);
     }
     if (rpi_virt_charge(p, bytes)) {
         *why = RP_FAIL_VIRTUAL;
@@ -172,7 +179,7 @@ rp_rdesc *rpi_carve(rp_pool *p, unsigned cls, unsigned kind, enum rp_fail *why)
      * which orders these stores before that thread's lookup. */
     rp_store_release_u64(&p->hwm, hwm + n);
 out:
-    pthread_mutex_unlock(&p->carve_lock);
+    rp_mutex_unlock(&p->carve_lock);
     return d;
 }
 
@@ -195,22 +202,22 @@ void *rpi_meta_alloc(rp_pool *p, size_t bytes, size_t align)
 {
     void *r = NULL;
     enum rp_fail why = RP_FAIL_OTHER;
-    pthread_mutex_lock(&p->meta_lock);
-    size_t off = rp_align_up(p->bump_used, align ? align : 16);
+    rp_mutex_lock(&p->meta_lock);
+    size_t off = rp_align_up(rp_load_relaxed_u64(&p->bump_used), align ? align : 16);
     if (off + bytes > p->bump_reserved || off + bytes < off)
         goto fail;
     size_t need = rp_align_up(off + bytes, p->page);
-    if (need > p->bump_committed) {
-        if (commit_meta(p, p->bump_base + p->bump_committed,
-                        need - p->bump_committed, &why))
+    size_t have = rp_load_relaxed_u64(&p->bump_committed);
+    if (need > have) {
+        if (commit_meta(p, p->bump_base + have, need - have, &why))
             goto fail;
-        p->bump_committed = need;
+        rp_store_relaxed_u64(&p->bump_committed, need);
     }
-    p->bump_used = off + bytes;
+    rp_store_relaxed_u64(&p->bump_used, off + bytes);
     r = p->bump_base + off;
-    pthread_mutex_unlock(&p->meta_lock);
+    rp_mutex_unlock(&p->meta_lock);
     return r;
 fail:
-    pthread_mutex_unlock(&p->meta_lock);
+    rp_mutex_unlock(&p->meta_lock);
     return rpi_fail_null(p, why, ENOMEM);
 }

@@ -61,12 +61,13 @@ static void reclaim(struct rcu_head *head)
     rp_hb_acquire(ts);         /* pairs with rp_hb_release(ts) in detach */
     rp_hb_acquire(&rcu_token); /* pairs with readers' release before unlock */
     rp_pool *p = ts->pool;
-    pthread_mutex_lock(&p->threads_lock);
+    rp_hb_release(ts); /* the next owner (create) sees our reads and writes */
+    rp_mutex_lock(&p->threads_lock);
     RP_HIDE_BEGIN();
     ts->next_free = p->free_ts;
     p->free_ts = ts;
     RP_HIDE_END();
-    pthread_mutex_unlock(&p->threads_lock);
+    rp_mutex_unlock(&p->threads_lock);
     /* Pairs with the acquire after rcu_barrier in rpi_threads_destroy:
      * liburcu's barrier orders this callback before the pool's teardown,
      * but TSan cannot see inside liburcu. */
@@ -81,13 +82,13 @@ static void detach(rp_pool *p, rp_tstate *ts)
 {
     rpi_arena_thread_exit(p, ts);
     rpi_slab_thread_exit(p, ts);
-    pthread_mutex_lock(&p->threads_lock);
+    rp_mutex_lock(&p->threads_lock);
     RP_HIDE_BEGIN();
     cds_list_del_rcu(&ts->node);
     RP_HIDE_END();
     rp_store_relaxed_u32(&ts->live, 0);
     rp_sub_relaxed_u64(&p->nthreads, 1);
-    pthread_mutex_unlock(&p->threads_lock);
+    rp_mutex_unlock(&p->threads_lock);
     rp_hb_release(ts); /* the next owner of this shard memory */
     call_rcu((struct rcu_head *)(void *)ts->rcu_space, reclaim);
 }
@@ -136,13 +137,13 @@ static rp_tstate *create(rp_pool *p)
         errno = EMFILE; /* more than TLS_SLOTS - 1 pools in one thread */
         return NULL;
     }
-    pthread_mutex_lock(&p->threads_lock);
+    rp_mutex_lock(&p->threads_lock);
     RP_HIDE_BEGIN();
     rp_tstate *ts = p->free_ts;
     if (ts)
         p->free_ts = ts->next_free;
     RP_HIDE_END();
-    pthread_mutex_unlock(&p->threads_lock);
+    rp_mutex_unlock(&p->threads_lock);
     if (ts) {
         rp_hb_acquire(ts); /* pairs with rp_hb_release in detach */
         memset(ts, 0, sizeof *ts);
@@ -153,8 +154,8 @@ static rp_tstate *create(rp_pool *p)
     }
     ts->pool = p;
     ts->live = 1;
-    pthread_mutex_lock(&p->threads_lock);
-    ts->tid = ++p->next_tid;
+    rp_mutex_lock(&p->threads_lock);
+    ts->tid = rp_add_relaxed_u64(&p->next_tid, 1) + 1;
     /* Publication: the list add is a release (rcu_assign_pointer) that TSan
      * cannot see (hidden). Pairs with the acquire in rpi_threads_foreach, so
      * readers see the zeroed, initialized shard. */
@@ -163,7 +164,7 @@ static rp_tstate *create(rp_pool *p)
     cds_list_add_rcu(&ts->node, &p->threads);
     RP_HIDE_END();
     rp_add_relaxed_u64(&p->nthreads, 1);
-    pthread_mutex_unlock(&p->threads_lock);
+    rp_mutex_unlock(&p->threads_lock);
 
     pthread_setspecific(exit_key, (void *)1); /* arms thread_exit */
     slots[free_slot] = (struct tls_slot){p, p->id, ts};
@@ -223,13 +224,13 @@ void rpi_threads_destroy(rp_pool *p)
     /* Detach every shard still linked (their threads may still be running,
      * but the contract says none of them uses p any more). */
     for (;;) {
-        pthread_mutex_lock(&p->threads_lock);
+        rp_mutex_lock(&p->threads_lock);
         rp_tstate *ts = NULL;
         RP_HIDE_BEGIN();
         if (!cds_list_empty(&p->threads))
             ts = cds_list_entry(p->threads.next, rp_tstate, node);
         RP_HIDE_END();
-        pthread_mutex_unlock(&p->threads_lock);
+        rp_mutex_unlock(&p->threads_lock);
         if (!ts)
             break;
         detach(p, ts);

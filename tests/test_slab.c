@@ -27,19 +27,7 @@
 #define POISON(a, n) ((void)(a), (void)(n))
 #endif
 
-#if UNDER_TSAN
-/* liburcu's own calloc/free (its rcu_barrier and call_rcu threads, reached
- * from rp_pool_destroy once shards were detached) are outside rpool and
- * uninstrumented: DESIGN.md names `called_from_lib:` for liburcu as the one
- * entry needed. It matches only allocator calls made from inside liburcu;
- * no report in rpool or test code is suppressed (never `race:`). */
-const char *__tsan_default_suppressions(void);
-const char *__tsan_default_suppressions(void)
-{
-    return "called_from_lib:liburcu-bp.so\n"
-           "called_from_lib:liburcu-common.so\n";
-}
-#endif
+/* TSan suppressions: tests/helpers/tsan_supp.c (linked into every test). */
 
 /* Work scale: TSan runs ~10x slower; keep every case well under 20 s. */
 #define SCALE(n) (UNDER_TSAN ? (n) / 16 : UNDER_ASAN ? (n) / 4 : (n))

@@ -14,6 +14,8 @@
 #define __has_feature(x) 0
 #endif
 #if defined(__SANITIZE_THREAD__) || __has_feature(thread_sanitizer)
+/* Strong on purpose: the TSan runtime's own default is weak, and a second
+ * weak definition may lose to it. Tests must not define their own. */
 const char *__tsan_default_suppressions(void);
 const char *__tsan_default_suppressions(void)
 {
