@@ -148,6 +148,11 @@ stress: deps
 	@$(MAKE) --no-print-directory VARIANT=tsan stress-build
 	@RP_STRESS_LONG=1 sh tests/run.sh --stress-only build/release build/tsan
 
+# The README's "main job": a loopback HTTP server under load with live memory
+# stats, then the same run on plain malloc (examples/README.md).
+demo: deps
+	@$(MAKE) --no-print-directory -C examples demo
+
 # Bounded fuzzing campaign of every fuzz/fuzz_*.c target (FUZZ_SECONDS each).
 fuzz: deps
 	@$(MAKE) --no-print-directory VARIANT=fuzz fuzz-build

@@ -15,6 +15,7 @@ int main(void)
     rp_config_init(&cfg);
     cfg.reserve_bytes = (size_t)1 << 30;
     cfg.physical_budget = (size_t)256 << 20;
+    cfg.heap_bytes = (size_t)64 << 20;
     rp_pool *pool = rp_pool_create(&cfg);
     if (!pool) {
         perror("rp_pool_create");

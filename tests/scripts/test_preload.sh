@@ -21,7 +21,7 @@ same() { # name, command...
 }
 
 # The preload really is the allocator: the stats at exit come from rpool.
-RPOOL_STATS=1 LD_PRELOAD="$so" /bin/true 2>"$d/stats"
+RPOOL_STATS=1 LD_PRELOAD="$so" python3 -c "x = [0] * 100000" 2>"$d/stats"  # (coreutils close stderr at exit)
 grep -q "reconciliation" "$d/stats" || { echo "RPOOL_STATS printed nothing"; exit 1; }
 
 same python3 python3 -c '
