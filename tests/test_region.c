@@ -480,6 +480,53 @@ static void test_region_fault_every_nth_commit(void **state)
     }
 }
 
+/* Every purge a release sequence makes, failed in turn: the failed region
+ * stays resident and counted (dirty), the counters stay exact, the region
+ * is reused normally, and a later rp_purge releases it. */
+static void test_region_fault_every_nth_purge(void **state)
+{
+    (void)state;
+    rp_config c = rp_test_config(NULL);
+    c.purge_delay_ms = 0;
+    for (unsigned long nth = 1; nth <= 12; nth++) {
+        rp_pool *p = rp_pool_create(&c);
+        void *r[12];
+        for (int i = 0; i < 12; i++) {
+            r[i] = rp_region_acquire(p, (size_t)64 * KiB << (i % 3));
+            memset(r[i], i, 4096);
+        }
+        size_t phys_in_use = rp_test_stats(p).physical_bytes;
+        rp_os_fault_inject(RP_OS_PURGE, nth);
+        for (int i = 0; i < 12; i++)
+            rp_region_release(p, r[i]);
+        rp_os_fault_inject(RP_OS_PURGE, 0);
+        rp_stats s = rp_test_stats(p);
+        size_t failed_bytes = (size_t)64 * KiB << ((nth - 1) % 3);
+        assert_int_equal(s.fail_os, 1);
+        assert_int_equal(s.region_dirty_bytes, failed_bytes);
+        assert_int_equal(s.physical_bytes, phys_in_use - (s.region_clean_bytes));
+        assert_int_equal(rp_check(p), 0);
+        assert_mincore_ok(p);
+        /* A later purge releases exactly the region whose purge failed. */
+        assert_int_equal(rp_purge(p), failed_bytes);
+        assert_int_equal(rp_test_stats(p).region_dirty_bytes, 0);
+        assert_int_equal(rp_resident_bytes(r[nth - 1], failed_bytes), 0);
+        assert_int_equal(rp_check(p), 0);
+        rp_pool_destroy(p);
+    }
+    /* munmap failing at destroy: nothing crashes, later pools work. */
+    rp_pool *p = rp_pool_create(&c);
+    rp_os_fault_inject(RP_OS_RELEASE, 1);
+    rp_pool_destroy(p);
+    rp_os_fault_inject(RP_OS_RELEASE, 0);
+    p = rp_pool_create(&c);
+    assert_non_null(p);
+    void *r = rp_region_acquire(p, 64 * KiB);
+    assert_non_null(r);
+    rp_region_release(p, r);
+    rp_pool_destroy(p);
+}
+
 /* ---- purge delay and advice ------------------------------------------------------ */
 
 static void test_region_purge_delay(void **state)
@@ -744,6 +791,7 @@ int main(void)
         cmocka_unit_test(test_region_split_at_virtual_budget),
         cmocka_unit_test(test_region_os_faults),
         cmocka_unit_test(test_region_fault_every_nth_commit),
+        cmocka_unit_test(test_region_fault_every_nth_purge),
         cmocka_unit_test(test_region_purge_delay),
         cmocka_unit_test(test_region_madv_free_counts_until_escalated),
         cmocka_unit_test(test_region_bad_release),
