@@ -121,8 +121,9 @@ typedef struct rp_config {
     /* rp_purge_advice. */
     int purge_advice;
     /* 1: a background thread purges expired regions so that RSS falls even
-     * when the program stops calling rpool. 0: expired regions are purged
-     * only from within rpool calls. */
+     * when the program stops calling rpool (it runs with every signal
+     * blocked). 0: expired regions are purged only from within rpool calls.
+     * rp_check excludes it while checking. */
     int purge_thread;
     /* Sub-range of the reservation given to the fallback heap; 0 = no heap.
      * Range 0 or [1 MiB, reserve_bytes / 2]. */
@@ -146,7 +147,9 @@ typedef struct rp_config {
  * Thread-safety: any thread. Cost: O(1). */
 RP_API int rp_config_init(rp_config *cfg);
 
-/* Overwrite cfg with a named preset: "server" (64 GiB reserve, 1 s purge
+/* Set the fields a named preset defines (the hooks, budgets, hardened and
+ * strict fields are left as they are, so call rp_config_init first):
+ * "server" (64 GiB reserve, 1 s purge
  * delay, background purger, 1 GiB heap) or "lowmem" (4 GiB reserve, purge at
  * release, no purger thread, 64 MiB heap, 64 KiB .. 4 MiB regions).
  * Returns 0, or -EINVAL iff the name is unknown (cfg unchanged). */

@@ -32,6 +32,7 @@
 #include "internal.h"
 
 #include <sched.h>
+#include <signal.h>
 #include <string.h>
 
 #define FREE_STATE(s) ((s) == RS_FREE_DIRTY || (s) == RS_FREE_LAZY || (s) == RS_FREE_CLEAN)
@@ -508,7 +509,15 @@ int rpi_purger_start(rp_pool *p)
     if (!p->cfg.purge_thread || p->cfg.purge_delay_ms == 0)
         return 0;
     p->purger_stop = 0;
-    if (pthread_create(&p->purger, NULL, purger_main, p) != 0)
+    /* The purger must never receive the application's signals (a server
+     * that blocks SIGTERM for signalfd would otherwise be killed through
+     * this thread): create it with every signal blocked. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&p->purger, NULL, purger_main, p);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0)
         return -EAGAIN;
     p->purger_running = 1;
     return 0;
