@@ -4,8 +4,9 @@
  * Registry: a list of live pools under registry_lock. Thread exit consults
  * it (by pool id) before touching a pool; fork handlers walk it.
  *
- * Lock order (fork prepare takes them all, in this order, and releases in
- * reverse): registry_lock, then per pool in registry order: threads_lock,
+ * Lock order (fork prepare takes them all, in this order, with liburcu's
+ * fork hooks between the first and the rest; see fork_prepare):
+ * registry_lock, then per pool in registry order: threads_lock,
  * carve_lock, meta_lock, the heap lock. No code path takes an earlier lock
  * while holding a later one: thread exit holds registry_lock and then takes
  * threads_lock/carve_lock/meta_lock/heap through detach; nothing takes
@@ -52,21 +53,29 @@ void rpi_registry_unlock(void)
     RP_HIDE_END();
 }
 
+/* Lock order for fork (two deadlocks found by stress_fork decided it):
+ *  1. registry_lock first: an exiting thread holds it while detaching, and
+ *     detaching calls call_rcu, which needs liburcu's own mutex;
+ *  2. then quiesce liburcu (call_rcu_before_fork waits for the call_rcu
+ *     worker, whose reclaim() takes a pool's threads_lock; urcu_bp_before_fork
+ *     takes liburcu's registry mutex);
+ *  3. then every pool's threads, carve, meta and heap locks (no code holds
+ *     one of these while calling into liburcu).
+ * Released in reverse order after the fork. */
 static void fork_prepare(void)
 {
     pthread_mutex_lock(&registry_lock);
+    rpi_threads_prefork();
     for (rp_pool *p = registry; p; p = p->reg_next) {
         rp_mutex_lock(&p->threads_lock);
         rp_mutex_lock(&p->carve_lock);
         rp_mutex_lock(&p->meta_lock);
         rpi_heap_prefork(p);
     }
-    rpi_threads_prefork();
 }
 
 static void fork_release(int child)
 {
-    rpi_threads_postfork(child);
     for (rp_pool *p = registry; p; p = p->reg_next) {
         rpi_heap_postfork(p);
         rp_mutex_unlock(&p->meta_lock);
@@ -79,6 +88,7 @@ static void fork_release(int child)
             rp_store_relaxed_u32(&p->purge_busy, 0);
         }
     }
+    rpi_threads_postfork(child);
     if (child) {
         /* A recursive mutex records its owner's kernel thread id, which the
          * child's only thread does not have: unlocking would fail (EPERM)

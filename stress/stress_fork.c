@@ -51,6 +51,32 @@ static void *busy(void *arg)
     return NULL;
 }
 
+/* Short-lived threads that use the pool and exit: their shards are recycled
+ * through liburcu's call_rcu worker, so forks happen while reclaim callbacks
+ * run (this caught a lock-order deadlock between the fork handler and
+ * call_rcu_before_fork). */
+static void *short_lived(void *arg)
+{
+    (void)arg;
+    void *o = rp_alloc(pool, 100);
+    rp_arena *a = rp_arena_thread(pool);
+    if (a)
+        rp_arena_alloc(a, 64, 16);
+    rp_free(pool, o);
+    return NULL;
+}
+
+static void *churner(void *arg)
+{
+    (void)arg;
+    while (!__atomic_load_n(&stop, __ATOMIC_RELAXED)) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, short_lived, NULL) == 0)
+            pthread_join(t, NULL);
+    }
+    return NULL;
+}
+
 static int child(void *obj, void *heap, void *region)
 {
     alarm(20);
@@ -92,6 +118,8 @@ int main(int argc, char **argv)
     int nt = a.threads > 16 ? 16 : a.threads;
     for (int i = 0; i < nt; i++)
         pthread_create(&t[i], NULL, busy, (void *)(uintptr_t)(a.seed + (uint64_t)i));
+    pthread_t ch;
+    pthread_create(&ch, NULL, churner, NULL);
     int forks = 0, bad = 0;
     for (long i = 0; i < a.count; i++) {
         void *obj = rp_alloc(pool, 100);
@@ -121,6 +149,7 @@ int main(int argc, char **argv)
         rp_region_release(pool, region);
     }
     __atomic_store_n(&stop, 1, __ATOMIC_RELAXED);
+    pthread_join(ch, NULL);
     for (int i = 0; i < nt; i++)
         pthread_join(t[i], NULL);
     STRESS_CHECK(rp_check(pool) == 0, "rp_check");
