@@ -15,7 +15,9 @@ stress_only=0; fuzz_only=0
 if [ "${1:-}" = "--stress-only" ]; then stress_only=1; shift; fi
 if [ "${1:-}" = "--fuzz-only" ]; then fuzz_only=1; stress_only=1; shift; fi
 pass=0; fail=0; failed_names=""
-export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1 second_deadlock_stack=1}"
+# die_after_fork=0: liburcu recreates its call_rcu worker in a fork child,
+# which TSan refuses by default after a multithreaded fork (not a race).
+export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1 second_deadlock_stack=1 die_after_fork=0}"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0 abort_on_error=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1 print_stacktrace=1}"
 tmp=$(mktemp -d)
