@@ -15,6 +15,7 @@
  */
 #include "internal.h"
 
+#include <sched.h>
 #include <stdlib.h>
 
 static void watermark(rp_pool *p, uint64_t phys)
@@ -67,15 +68,22 @@ void rpi_virt_uncharge(rp_pool *p, size_t bytes)
 int rpi_phys_charge(rp_pool *p, size_t bytes)
 {
     uint64_t now;
-    for (int attempt = 0; attempt < 3; attempt++) {
+    /* Over budget: purge free regions and retry. If nothing could be purged
+     * but some class still has resident free regions, another purger is
+     * holding them (it batch-pops a class while it works) and is releasing
+     * them: wait for it rather than fail. Give up only when nothing
+     * purgeable is left (or after a bounded number of rounds). */
+    for (int attempt = 0; attempt < 10000; attempt++) {
         if (charge(&p->acct.physical_bytes, &p->acct.physical_budget,
                    &p->acct.physical_peak, bytes, &now)) {
             watermark(p, now);
             return 0;
         }
-        /* Over budget: make room by purging free regions, then retry. */
-        if (attempt < 2 && rpi_purge_for(p, bytes) == 0)
-            break;
+        if (rpi_purge_for(p, bytes) == 0) {
+            if (!rpi_dirty_any(p))
+                break;
+            sched_yield();
+        }
     }
     return -ENOMEM;
 }

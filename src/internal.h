@@ -301,6 +301,8 @@ RP_HIDDEN void rpi_region_put(rp_pool *p, rp_rdesc *d);
 /* Purge free regions until `bytes` of physical are released (or none left).
  * Returns bytes released. */
 RP_HIDDEN size_t rpi_purge_for(rp_pool *p, size_t bytes);
+/* True while some class has free regions still counted as resident. */
+RP_HIDDEN bool rpi_dirty_any(rp_pool *p);
 /* Purge regions released more than purge_delay_ms ago. */
 RP_HIDDEN void rpi_purge_expired(rp_pool *p);
 RP_HIDDEN int rpi_region_check(rp_pool *p);

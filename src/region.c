@@ -455,6 +455,14 @@ size_t rpi_purge_for(rp_pool *p, size_t bytes)
     return got;
 }
 
+bool rpi_dirty_any(rp_pool *p)
+{
+    for (unsigned c = 0; c < p->nclasses; c++)
+        if (rp_load_relaxed_u64(&p->cls[c].dirty))
+            return true;
+    return false;
+}
+
 size_t rp_purge(rp_pool *p)
 {
     if (!p)
