@@ -171,9 +171,12 @@ static void test_misuse_destroyed_pool_and_strict(void **s)
         _exit(0);
     }
     close(fds[1]);
-    char out[4096];
-    ssize_t k = read(fds[0], out, sizeof out - 1);
-    out[k > 0 ? k : 0] = '\0';
+    char out[8192];
+    size_t len = 0;
+    ssize_t k;
+    while (len < sizeof out - 1 && (k = read(fds[0], out + len, sizeof out - 1 - len)) > 0)
+        len += (size_t)k;
+    out[len] = '\0';
     close(fds[0]);
     int st;
     waitpid(pid, &st, 0);
