@@ -126,6 +126,7 @@ static uint16_t cls_lut[RP_OBJECT_MAX / 16 + 1];
 
 _Static_assert(RP_OBJECT_MAX == 32768, "the class table ends at RP_OBJECT_MAX");
 
+/* Fill cls_lut. O(RP_OBJECT_MAX / 16), once per process. */
 static void lut_fill(void)
 {
     for (size_t i = 0; i <= RP_OBJECT_MAX / 16; i++) {
@@ -255,6 +256,7 @@ struct slab_pool {
     size_t base_align;   /* every region base is aligned to this */
 };
 
+/* Accessors between the pool, descriptors, slabs and shards: O(1). */
 static inline struct slab_pool *sp_of(const rp_pool *p)
 {
     return (struct slab_pool *)p->slab;
@@ -303,6 +305,7 @@ static inline void owner_add(uint64_t *c, uint64_t v)
 
 static pthread_once_t slab_once_ctl = PTHREAD_ONCE_INIT;
 
+/* 64 random bits for the hardened link key. O(1): one getentropy call. */
 static uint64_t random64(void)
 {
     uint64_t v = 0;
@@ -317,6 +320,7 @@ static uint64_t random64(void)
     return v;
 }
 
+/* Process-wide set-up (pthread_once from rpi_slab_init). O(lut_fill). */
 static void slab_once(void)
 {
     lut_fill();
@@ -351,7 +355,8 @@ static __thread struct tlc tlc __attribute__((tls_model("initial-exec")));
 
 /* Raw accessors: ASan does not check them (free objects are poisoned), TSan
  * does not see the reads (a link may have been written by a remote freer;
- * the object's rp_hb_acquire comes after it is unlinked). */
+ * the object's rp_hb_acquire comes after it is unlinked). All link helpers
+ * below are O(1). */
 NOASAN static void *raw_load(const void *o)
 {
     return *(void *const *)o;
@@ -398,17 +403,19 @@ static inline uint32_t slot_index(const struct slab *s, uint64_t n)
     return (uint32_t)(((unsigned __int128)n * s->divc) >> 64);
 }
 
+/* Slots handed out at least once. O(1). */
 static inline uint32_t bumped(const struct slab *s)
 {
     return slot_index(s, rp_load_relaxed_u64(&s->bump));
 }
 
+/* Address of slot i. O(1). */
 static inline void *slot(const struct slab *s, uint32_t i)
 {
     return s->first + (size_t)i * s->size;
 }
 
-/* A link read from slab s may point only at a handed-out slot of s. */
+/* A link read from slab s may point only at a handed-out slot of s. O(1). */
 static inline bool link_ok(const struct slab *s, const void *next)
 {
     uint64_t n = (uint64_t)((uintptr_t)next - (uintptr_t)s->first);
@@ -436,6 +443,7 @@ static void *link_next(rp_pool *p, struct slab *s, const void *o)
 /* ======================================================================== */
 /* Hardened allocation bitmap (1 = handed to the user), at the slab's end.  */
 
+/* The bitmap word of slot i. O(1). */
 static inline uint64_t *bm_word(const struct slab *s, uint32_t i)
 {
     return (uint64_t *)(void *)(s->first + s->bm_off) + (i >> 6);
@@ -455,13 +463,14 @@ static bool bm_update(const struct slab *s, uint32_t i, bool set)
     return (cur & bit) != 0;
 }
 
+/* Bitmap bytes for cap slots. O(1). */
 static inline size_t bm_bytes(uint32_t cap)
 {
     return ((size_t)cap + 63) / 64 * 8;
 }
 
 /* ======================================================================== */
-/* Owner lists (circular, doubly linked).                                   */
+/* Owner lists (circular, doubly linked; owner only). Each operation O(1).  */
 
 static void list_add(struct slab **head, struct slab *s)
 {
@@ -686,11 +695,13 @@ static void *take_list(rp_pool *p, struct slab *s)
 /* ======================================================================== */
 /* Abandonment and adoption.                                                */
 
+/* The slab of an abandoned-stack entry. O(1). */
 static inline struct slab *slab_of_alink(ck_stack_entry_t *e)
 {
     return (struct slab *)(void *)((char *)e - offsetof(struct slab, u.alink));
 }
 
+/* Push s on an abandoned stack. O(1) (lock-free CAS loop). */
 static void ab_push(struct ab_cls *ab, struct slab *s)
 {
     rp_add_relaxed_u64(&ab->n, 1); /* before the push: n >= stack length */
@@ -699,6 +710,7 @@ static void ab_push(struct ab_cls *ab, struct slab *s)
     RP_HIDE_END();
 }
 
+/* State of s's word (relaxed, hidden). O(1). */
 static uint32_t xstate(struct slab *s)
 {
     RP_HIDE_BEGIN();
@@ -707,7 +719,8 @@ static uint32_t xstate(struct slab *s)
     return XW_STATE(w);
 }
 
-/* Take a DEAD slab we hold (popped from the stack) and release it. */
+/* Take a DEAD slab we hold (popped from the stack) and release it.
+ * O(1) + slab_release. */
 static void release_dead(rp_pool *p, struct slab *s)
 {
     RP_HIDE_BEGIN();
@@ -991,6 +1004,12 @@ static void bin_flush(rp_pool *p, struct tcache *tc, unsigned c)
     s->used -= (int32_t)n;
 }
 
+/* Hand a shard's objects and slabs back (thread exit, rp_thread_detach,
+ * pool destroy): bin lists to their slabs, completely free slabs and the
+ * empty cache to the region pool, the others to the abandoned stacks, the
+ * counts to the pool. Any thread (the owner, or the destroyer once the
+ * owner no longer uses the pool). O(slabs of the shard + objects on its bin
+ * lists and remote lists); may call madvise. */
 void rpi_slab_thread_exit(rp_pool *p, rp_tstate *ts)
 {
     struct slab_pool *sp = sp_of(p);
@@ -1118,6 +1137,8 @@ __attribute__((noinline)) static void *alloc_general(rp_pool *p, size_t size)
     return large_alloc(p, size, 16);
 }
 
+/* Public API, see rpool.h. Fast path O(1) and no call; otherwise see
+ * alloc_general. */
 void *rp_alloc(rp_pool *p, size_t size)
 {
 #if RP_FAST
@@ -1135,6 +1156,7 @@ void *rp_alloc(rp_pool *p, size_t size)
     return alloc_general(p, size);
 }
 
+/* rp_alloc + zeroing. O(n * size). */
 void *rp_calloc(rp_pool *p, size_t n, size_t size)
 {
     size_t total;
@@ -1151,6 +1173,8 @@ void *rp_calloc(rp_pool *p, size_t n, size_t size)
     return o;
 }
 
+/* See the routing table in OBJECTS.md. O(classes) for the class search,
+ * else as rp_alloc or large_alloc. */
 void *rp_aligned_alloc(rp_pool *p, size_t align, size_t size)
 {
     if (!p) {
@@ -1189,6 +1213,7 @@ struct loc {
     uint32_t idx;
 };
 
+/* Name of a region kind for reports. O(1). */
 static const char *kind_name(unsigned kind)
 {
     switch (kind) {
@@ -1267,6 +1292,7 @@ static int locate(rp_pool *p, const void *ptr, const char *api, struct loc *L)
     return LOC_SLAB;
 }
 
+/* Report a free of something that is not live. O(1) + the error hook. */
 static void report_double(rp_pool *p, const void *ptr, const char *api, const char *how)
 {
     rpi_report(p, RP_ERR_NOT_LIVE, ptr, "%s(%p): object is not live (double free?): %s",
@@ -1369,6 +1395,8 @@ static void free_remote(rp_pool *p, struct slab *s, void *o, uint32_t idx)
     }
 }
 
+/* Free a located slab object: bitmap (hardened), then local or remote.
+ * O(1) (see free_remote). */
 static void slab_free(rp_pool *p, struct loc *L, void *ptr)
 {
     struct slab *s = L->s;
@@ -1383,6 +1411,8 @@ static void slab_free(rp_pool *p, struct loc *L, void *ptr)
         free_remote(p, s, ptr, L->idx);
 }
 
+/* Free a large object: claim its region, give it back. O(1); may call
+ * madvise. */
 static void large_free(rp_pool *p, rp_rdesc *d, void *ptr)
 {
     uint32_t w = rp_load_relaxed_u32(&d->word);
@@ -1417,6 +1447,8 @@ __attribute__((noinline)) static void free_general(rp_pool *p, void *ptr)
     }
 }
 
+/* Public API, see rpool.h. Fast path O(1) and no call; otherwise see
+ * free_general. */
 void rp_free(rp_pool *p, void *ptr)
 {
 #if RP_FAST
@@ -1480,6 +1512,7 @@ static size_t usable(rp_pool *p, const void *ptr, const char *api, int *where)
     }
 }
 
+/* Public API. O(1) (heap blocks: takes the heap lock). */
 size_t rp_usable_size(rp_pool *p, const void *ptr)
 {
     if (!p || !ptr)
@@ -1487,6 +1520,8 @@ size_t rp_usable_size(rp_pool *p, const void *ptr)
     return usable(p, ptr, "rp_usable_size", NULL);
 }
 
+/* Public API. O(1) in place; else rp_alloc + a copy of min(old, size)
+ * bytes + rp_free. */
 void *rp_realloc(rp_pool *p, void *ptr, size_t size)
 {
     if (!ptr)
@@ -1523,6 +1558,9 @@ void *rp_realloc(rp_pool *p, void *ptr, size_t size)
 /* ======================================================================== */
 /* Pool set-up, stats, check.                                               */
 
+/* Set up p->slab: class layouts for this pool's region classes, abandoned
+ * stacks, the heap threshold, the hardened key. Before the pool is shared.
+ * O(classes x region classes). 0 or -ENOMEM (metadata). */
 int rpi_slab_init(rp_pool *p)
 {
     pthread_once(&slab_once_ctl, slab_once);
@@ -1574,7 +1612,7 @@ struct stat_acc {
 /* Sum one shard's counters. Hidden from TSan: the counters publish nothing,
  * and thread.c zeroes a recycled shard with a plain memset before it is
  * published through the (hidden) RCU list, an edge TSan cannot see. */
-static void stat_shard(rp_tstate *ts, void *arg)
+static void stat_shard(rp_tstate *ts, void *arg) /* O(classes) */
 {
     struct stat_acc *a = arg;
     struct tcache *tc = tc_of_ts(ts);
@@ -1584,6 +1622,8 @@ static void stat_shard(rp_tstate *ts, void *arg)
     RP_HIDE_END();
 }
 
+/* Fill st->slab_bytes (see OBJECTS.md "Statistics"). Any thread, lock-free
+ * (RCU walk of the shards). O(threads x classes). */
 void rpi_slab_stats(rp_pool *p, rp_stats *st)
 {
     struct slab_pool *sp = sp_of(p);
@@ -1613,6 +1653,7 @@ struct chk {
 
 static void chk_fail(struct chk *k, const void *ptr, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Record the first failure (reported after the walks). O(1). */
 static void chk_fail(struct chk *k, const void *ptr, const char *fmt, ...)
 {
     if (k->bad)
@@ -1625,7 +1666,7 @@ static void chk_fail(struct chk *k, const void *ptr, const char *fmt, ...)
     va_end(ap);
 }
 
-/* Length of a free list of s (bounded), checking every link. */
+/* Length of a free list of s (bounded), checking every link. O(cap). */
 static uint32_t chk_list(struct chk *k, struct slab *s, void *list, const char *what)
 {
     uint32_t n = 0;
@@ -1644,7 +1685,7 @@ static uint32_t chk_list(struct chk *k, struct slab *s, void *list, const char *
     return n;
 }
 
-/* Check one slab: descriptor, format, owner, and the equations. */
+/* Check one slab: descriptor, format, owner, and the equations. O(cap). */
 static void chk_slab(struct chk *k, struct slab *s, unsigned c, uint64_t owner,
                      unsigned where, void *bin_list)
 {
@@ -1724,7 +1765,7 @@ static void chk_slab(struct chk *k, struct slab *s, unsigned c, uint64_t owner,
     }
 }
 
-/* Check every slab of an owner list. */
+/* Check every slab of an owner list. O(slabs x cap). */
 static void chk_owner_list(struct chk *k, struct slab *head, unsigned c, uint64_t owner,
                            unsigned where)
 {
@@ -1742,6 +1783,7 @@ static void chk_owner_list(struct chk *k, struct slab *head, unsigned c, uint64_
     } while (s != head && ++n < k->limit && !k->bad);
 }
 
+/* Check one shard's slabs. O(its slabs x objects per slab). */
 static void chk_shard(rp_tstate *ts, void *arg)
 {
     struct chk *k = arg;
@@ -1769,6 +1811,9 @@ static void chk_shard(rp_tstate *ts, void *arg)
     RP_HIDE_END();
 }
 
+/* rp_check's slab part: every shard's slabs and every abandoned stack (see
+ * OBJECTS.md "Statistics and checks"). Exact at quiescent points. 0, or
+ * -EFAULT after one RP_ERR_INVARIANT report. O(slabs x objects per slab). */
 int rpi_slab_check(rp_pool *p)
 {
     struct slab_pool *sp = sp_of(p);
