@@ -64,7 +64,9 @@ typedef struct rp_arena rp_arena;
 /* Errors reported through the error hook.                                   */
 
 typedef enum rp_error {
-    RP_ERR_FOREIGN = 1,    /* pointer is not inside this pool's reservation */
+    RP_ERR_FOREIGN = 1,    /* pointer is not memory this pool hands out
+                              (outside its reservation, or in no carved
+                              region or heap range) */
     RP_ERR_INTERIOR,       /* pointer is inside a block/region, not its start */
     RP_ERR_NOT_LIVE,       /* start of a block/region that is not allocated:
                               never allocated, or already freed (double free) */
@@ -292,7 +294,9 @@ typedef struct rp_stats {
      * accepts; see docs/HEAP.md. */
     size_t heap_guaranteed_live_bytes;
     size_t arena_bytes;     /* bytes handed out by live arenas */
-    size_t slab_bytes;      /* object bytes in use (rounded to class) */
+    size_t slab_bytes;      /* object bytes in use (rounded to class), for
+                               objects served by slabs; larger ones count in
+                               region_in_use_bytes / heap_allocated_bytes */
     uint64_t carves, reuses, purges, splits;
     uint64_t fail_virtual;  /* allocations refused by the virtual budget */
     uint64_t fail_physical; /* ... by the physical budget */
@@ -411,8 +415,11 @@ RP_API void *rp_allocator_call(rp_allocator a, size_t size, size_t align);
 #define RP_OBJECT_MAX ((size_t)32 * 1024)
 
 /* Allocate size bytes (16-byte aligned). size 0 returns a unique pointer.
- * Sizes up to RP_OBJECT_MAX come from size-class slabs; larger ones from the
- * fallback heap when they fit it, else from a region of their own.
+ * Sizes up to RP_OBJECT_MAX come from size-class slabs (rounding wastes under
+ * 16 bytes up to 64 and under 25% of the request above); larger sizes up to
+ * max(RP_OBJECT_MAX, region_min_bytes / 2) from the fallback heap, sizes up
+ * to region_max_bytes from a region of their own, larger ones from the heap;
+ * each size has one source (docs/OBJECTS.md).
  * Returns NULL with errno = ENOMEM iff a budget, the heap or the OS refuses,
  * or size is too large for any of them.
  * Thread-safety: any thread; the common path takes no lock. */

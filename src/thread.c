@@ -145,8 +145,10 @@ static rp_tstate *create(rp_pool *p)
     RP_HIDE_END();
     rp_mutex_unlock(&p->threads_lock);
     if (ts) {
-        rp_hb_acquire(ts); /* pairs with rp_hb_release in detach */
+        rp_hb_acquire(ts); /* pairs with rp_hb_release in reclaim */
+        RP_HIDE_BEGIN(); /* stats readers may still reach this memory via RCU */
         memset(ts, 0, sizeof *ts);
+        RP_HIDE_END();
     } else {
         ts = rpi_meta_alloc(p, sizeof *ts, RP_CACHELINE);
         if (!ts)
