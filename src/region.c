@@ -327,7 +327,8 @@ static rp_rdesc *live_region(const rp_pool *p, const void *ptr, unsigned kind,
         return NULL;
     }
     uint32_t w = rp_load_relaxed_u32(&d->word);
-    if (RW_STATE(w) != RS_IN_USE) {
+    /* IN_USE with no kind: another thread has just claimed its release. */
+    if (RW_STATE(w) != RS_IN_USE || RW_KIND(w) == RK_NONE) {
         if (report)
             rpi_report(mp, RP_ERR_NOT_LIVE, ptr,
                        "%s(%p): region is not live (already released or never acquired)",
