@@ -391,7 +391,7 @@ static size_t purge_class(rp_pool *p, unsigned cls, bool force, uint64_t cutoff,
     if (rp_load_relaxed_u64(&c->dirty) == 0)
         return 0;
     RP_HIDE_BEGIN();
-    ck_stack_entry_t *e = ck_stack_batch_pop_mpmc(&c->free);
+    ck_stack_entry_t *e = rpi_stack_batch_pop(&c->free);
     RP_HIDE_END();
     /* We hold the whole chain; nfree still counts it, so acquirers wait
      * instead of carving. Keep entries we do not purge in `keep`. */

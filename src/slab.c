@@ -751,7 +751,7 @@ static void sweep(rp_pool *p, unsigned c)
     do {
         again = false;
         RP_HIDE_BEGIN();
-        ck_stack_entry_t *e = ck_stack_batch_pop_mpmc(&ab->stack);
+        ck_stack_entry_t *e = rpi_stack_batch_pop(&ab->stack);
         RP_HIDE_END();
         while (e) {
             RP_HIDE_BEGIN();
