@@ -116,26 +116,45 @@ void rpi_reserve_destroy(rp_pool *p)
     rpi_os_release(p->base, R); /* on failure the range just stays mapped */
 }
 
-/* Commit metadata [addr, addr + bytes): virtual + physical charged, counted
- * as metadata. Returns 0 or sets *why and returns -ENOMEM. */
-static int commit_meta(rp_pool *p, void *addr, size_t bytes, enum rp_fail *why)
+/* Commit [addr, addr + bytes): charge virtual (and physical when `resident`,
+ * for memory that is written at once), then mprotect. On failure everything
+ * is undone, *why says which step refused, and -ENOMEM is returned. The one
+ * commit path of this file: regions, heap steps and metadata all use it. */
+static int commit_range(rp_pool *p, void *addr, size_t bytes, bool resident,
+                        enum rp_fail *why)
 {
     if (rpi_virt_charge(p, bytes)) {
         *why = RP_FAIL_VIRTUAL;
         return -ENOMEM;
     }
-    if (rpi_phys_charge(p, bytes)) {
+    if (resident && rpi_phys_charge(p, bytes)) {
         rpi_virt_uncharge(p, bytes);
         *why = RP_FAIL_PHYSICAL;
         return -ENOMEM;
     }
     if (rpi_os_commit(addr, bytes)) {
-        rpi_phys_uncharge(p, bytes);
+        if (resident)
+            rpi_phys_uncharge(p, bytes);
         rpi_virt_uncharge(p, bytes);
         *why = RP_FAIL_OS;
         return -ENOMEM;
     }
-    rp_add_relaxed_u64(&p->acct.metadata_bytes, bytes);
+    return 0;
+}
+
+/* Grow a committed metadata prefix [base, base + *committed) to at least
+ * `need` bytes (page-rounded by the caller), charged as metadata. Caller
+ * holds the lock that serializes writers of *committed. */
+static int grow_meta(rp_pool *p, char *base, uint64_t *committed, size_t need,
+                     enum rp_fail *why)
+{
+    size_t have = rp_load_relaxed_u64(committed);
+    if (need <= have)
+        return 0;
+    if (commit_range(p, base + have, need - have, true, why))
+        return -ENOMEM;
+    rp_add_relaxed_u64(&p->acct.metadata_bytes, need - have);
+    rp_store_relaxed_u64(committed, need);
     return 0;
 }
 
@@ -152,21 +171,9 @@ rp_rdesc *rpi_carve(rp_pool *p, unsigned cls, unsigned kind, enum rp_fail *why)
         goto out;
     }
     size_t need = rp_align_up((hwm + n) * sizeof(rp_rdesc), p->page);
-    size_t have = rp_load_relaxed_u64(&p->desc_committed);
-    if (need > have) {
-        if (commit_meta(p, (char *)p->desc + have, need - have, why))
-            goto out;
-        rp_store_relaxed_u64(&p->desc_committed, need);
-    }
-    if (rpi_virt_charge(p, bytes)) {
-        *why = RP_FAIL_VIRTUAL;
+    if (grow_meta(p, (char *)p->desc, &p->desc_committed, need, why) ||
+        commit_range(p, p->rbase + (hwm << p->gshift), bytes, false, why))
         goto out;
-    }
-    if (rpi_os_commit(p->rbase + (hwm << p->gshift), bytes)) {
-        rpi_virt_uncharge(p, bytes);
-        *why = RP_FAIL_OS;
-        goto out;
-    }
     d = &p->desc[hwm];
     for (size_t g = 1; g < n; g++) {
         rp_store_relaxed_u32(&d[g].head, (uint32_t)hwm);
@@ -185,13 +192,9 @@ out:
 
 int rpi_heap_commit(rp_pool *p, void *addr, size_t bytes)
 {
-    if (rpi_virt_charge(p, bytes)) {
-        rpi_count_fail(p, RP_FAIL_VIRTUAL);
-        return -ENOMEM;
-    }
-    if (rpi_os_commit(addr, bytes)) {
-        rpi_virt_uncharge(p, bytes);
-        rpi_count_fail(p, RP_FAIL_OS);
+    enum rp_fail why;
+    if (commit_range(p, addr, bytes, false, &why)) {
+        rpi_count_fail(p, why);
         return -ENOMEM;
     }
     rp_add_relaxed_u64(&p->acct.heap_committed_bytes, bytes);
@@ -206,13 +209,9 @@ void *rpi_meta_alloc(rp_pool *p, size_t bytes, size_t align)
     size_t off = rp_align_up(rp_load_relaxed_u64(&p->bump_used), align ? align : 16);
     if (off + bytes > p->bump_reserved || off + bytes < off)
         goto fail;
-    size_t need = rp_align_up(off + bytes, p->page);
-    size_t have = rp_load_relaxed_u64(&p->bump_committed);
-    if (need > have) {
-        if (commit_meta(p, p->bump_base + have, need - have, &why))
-            goto fail;
-        rp_store_relaxed_u64(&p->bump_committed, need);
-    }
+    if (grow_meta(p, p->bump_base, &p->bump_committed, rp_align_up(off + bytes, p->page),
+                  &why))
+        goto fail;
     rp_store_relaxed_u64(&p->bump_used, off + bytes);
     r = p->bump_base + off;
     rp_mutex_unlock(&p->meta_lock);
