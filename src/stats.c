@@ -68,6 +68,12 @@ int rp_stats_get(rp_pool *p, rp_stats *st)
     return 0;
 }
 
+/* A class that was never used has nothing to show in any format. */
+static bool class_unused(const rp_class_stats *k)
+{
+    return !k->in_use && !k->free_dirty && !k->free_clean && !k->carves;
+}
+
 /* Formatting without allocation: a stack buffer flushed to the callback. */
 struct out {
     rp_write_fn write;
@@ -110,7 +116,7 @@ static void print_text(struct out *o, const rp_stats *s)
          "reuses", "purges");
     for (unsigned c = 0; c < s->nclasses; c++) {
         const rp_class_stats *k = &s->cls[c];
-        if (!k->in_use && !k->free_dirty && !k->free_clean && !k->carves)
+        if (class_unused(k))
             continue;
         outf(o, "  %12zu %8" PRIu64 " %8" PRIu64 " %8" PRIu64 " %8" PRIu64 " %8" PRIu64 " %8" PRIu64 "\n",
              k->region_bytes, k->in_use, k->free_dirty, k->free_clean, k->carves, k->reuses,
@@ -144,7 +150,7 @@ static void print_json(struct out *o, const rp_stats *s)
     bool first = true;
     for (unsigned c = 0; c < s->nclasses; c++) {
         const rp_class_stats *k = &s->cls[c];
-        if (!k->in_use && !k->free_dirty && !k->free_clean && !k->carves)
+        if (class_unused(k))
             continue;
         outf(o, "%s{\"region_bytes\":%zu,\"in_use\":%" PRIu64 ",\"free_dirty\":%" PRIu64
                 ",\"free_clean\":%" PRIu64 ",\"carves\":%" PRIu64 ",\"reuses\":%" PRIu64
@@ -195,7 +201,7 @@ static void print_prometheus(struct out *o, const rp_stats *s)
         bool first = true;
         for (unsigned c = 0; c < s->nclasses; c++) {
             const rp_class_stats *k = &s->cls[c];
-            if (!k->in_use && !k->free_dirty && !k->free_clean && !k->carves)
+            if (class_unused(k))
                 continue;
             char lab[64];
             snprintf(lab, sizeof lab, "{class=\"%zu\"}", k->region_bytes);

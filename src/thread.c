@@ -93,6 +93,14 @@ static void detach(rp_pool *p, rp_tstate *ts)
     call_rcu((struct rcu_head *)(void *)ts->rcu_space, reclaim);
 }
 
+/* Drop every thread-local slot that names shard ts (slot 0 may cache it). */
+static void forget(const rp_tstate *ts)
+{
+    for (int i = 0; i < TLS_SLOTS; i++)
+        if (slots[i].ts == ts)
+            slots[i] = (struct tls_slot){NULL, 0, NULL};
+}
+
 static void thread_exit(void *arg)
 {
     (void)arg;
@@ -100,9 +108,7 @@ static void thread_exit(void *arg)
         struct tls_slot s = slots[i];
         if (!s.pool)
             continue;
-        for (int j = 0; j < TLS_SLOTS; j++)
-            if (slots[j].ts == s.ts)
-                slots[j].pool = NULL;
+        forget(s.ts);
         rp_pool *p = rpi_registry_lock(s.id);
         if (p == s.pool)
             detach(p, s.ts);
@@ -192,9 +198,7 @@ int rp_thread_detach(rp_pool *p)
     rp_tstate *ts = rpi_tstate_peek(p);
     if (!ts)
         return 0;
-    for (int i = 0; i < TLS_SLOTS; i++)
-        if (slots[i].ts == ts)
-            slots[i] = (struct tls_slot){NULL, 0, NULL};
+    forget(ts);
     detach(p, ts);
     return 0;
 }
