@@ -306,9 +306,10 @@ void *rp_region_acquire(rp_pool *p, size_t bytes)
 }
 
 /* Validate ptr as the base of a live region of kind `kind`; report and
- * return NULL otherwise. Shared by release and size queries. */
+ * return NULL otherwise, else store the state word it checked in *wout.
+ * Shared by release and size queries. */
 static rp_rdesc *live_region(const rp_pool *p, const void *ptr, unsigned kind,
-                             const char *what, bool report)
+                             const char *what, bool report, uint32_t *wout)
 {
     rp_rdesc *d = rpi_desc_lookup(p, ptr);
     rp_pool *mp = (rp_pool *)p;
@@ -345,6 +346,7 @@ static rp_rdesc *live_region(const rp_pool *p, const void *ptr, unsigned kind,
                                                 : "arena");
         return NULL;
     }
+    *wout = w;
     return d;
 }
 
@@ -352,16 +354,14 @@ void rp_region_release(rp_pool *p, void *region)
 {
     if (!p || !region)
         return;
-    rp_rdesc *d = live_region(p, region, RK_USER, "rp_region_release", true);
+    uint32_t w;
+    rp_rdesc *d = live_region(p, region, RK_USER, "rp_region_release", true, &w);
     if (!d)
         return;
-    /* Claim the release: IN_USE|USER -> PURGING. Of two racing releasers
-     * exactly one wins; the loser is a double release. Pairs with the CAS
-     * in claim/carve that made it IN_USE. */
-    uint32_t w = rp_load_relaxed_u32(&d->word);
-    unsigned cls = RW_CLS(w);
-    uint32_t want = RW_MAKE(RS_IN_USE, cls, RK_USER);
-    if (w != want || !rp_cas_u32(&d->word, &want, RW_MAKE(RS_IN_USE, cls, RK_NONE))) {
+    /* Claim the release: IN_USE|USER (the word just checked) -> IN_USE with
+     * no kind. Of two racing releasers exactly one wins; the loser is a
+     * double release. Pairs with the CAS in claim/carve that made it IN_USE. */
+    if (!rp_cas_u32(&d->word, &w, RW_MAKE(RS_IN_USE, RW_CLS(w), RK_NONE))) {
         rpi_report(p, RP_ERR_NOT_LIVE, region,
                    "rp_region_release(%p): region is not live (released concurrently)",
                    region);
@@ -374,7 +374,8 @@ size_t rp_region_size(const rp_pool *p, const void *region)
 {
     if (!p || !region)
         return 0;
-    rp_rdesc *d = live_region(p, region, RK_USER, "rp_region_size", false);
+    uint32_t w;
+    rp_rdesc *d = live_region(p, region, RK_USER, "rp_region_size", false, &w);
     return d ? rpi_desc_bytes(p, d) : 0;
 }
 
