@@ -10,6 +10,17 @@
 static rp_pool *pool;
 static volatile int stop;
 
+/* Give back a block of the given kind: 0 object, 1 heap, 2 region. */
+static void put_back(int kind, void *p)
+{
+    if (kind == 0)
+        rp_free(pool, p);
+    else if (kind == 1)
+        rp_heap_free(pool, p);
+    else
+        rp_region_release(pool, p);
+}
+
 static void *busy(void *arg)
 {
     uint64_t rng = (uint64_t)(uintptr_t)arg;
@@ -18,12 +29,7 @@ static void *busy(void *arg)
     while (!__atomic_load_n(&stop, __ATOMIC_RELAXED)) {
         int s = (int)(stress_rand(&rng) % 32);
         if (held[s]) {
-            if (kind[s] == 0)
-                rp_free(pool, held[s]);
-            else if (kind[s] == 1)
-                rp_heap_free(pool, held[s]);
-            else
-                rp_region_release(pool, held[s]);
+            put_back(kind[s], held[s]);
             held[s] = NULL;
         } else {
             kind[s] = (int)(stress_rand(&rng) % 3);
@@ -39,14 +45,8 @@ static void *busy(void *arg)
         }
     }
     for (int s = 0; s < 32; s++)
-        if (held[s]) {
-            if (kind[s] == 0)
-                rp_free(pool, held[s]);
-            else if (kind[s] == 1)
-                rp_heap_free(pool, held[s]);
-            else
-                rp_region_release(pool, held[s]);
-        }
+        if (held[s])
+            put_back(kind[s], held[s]);
     rp_thread_detach(pool);
     return NULL;
 }

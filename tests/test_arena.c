@@ -818,32 +818,20 @@ static void test_arena_handoff_between_threads(void **state)
 
 /* ---- ASan poisoning ------------------------------------------------------------- */
 
-/* Run scenario(n) in a child whose stderr comes back through a pipe;
- * returns its wait status and fills out (NUL-terminated). */
-static int run_child(void (*scenario)(void), char *out, size_t len)
+/* Run scenario() in a child with its stderr captured (rp_run_child). */
+struct scenario {
+    void (*fn)(void);
+};
+
+static void call_scenario(void *arg)
 {
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        close(fds[0]);
-        dup2(fds[1], 2);
-        alarm(60); /* a hung child fails the test instead of hanging it */
-        scenario();
-        _exit(0); /* reached only if ASan stayed silent */
-    }
-    close(fds[1]);
-    size_t got = 0;
-    ssize_t r;
-    while ((r = read(fds[0], out + got, len - 1 - got)) > 0)
-        got += (size_t)r;
-    out[got] = '\0';
-    close(fds[0]);
-    int st;
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    return st;
+    ((struct scenario *)arg)->fn();
+}
+
+static int run_child(void (*fn)(void), char *out, size_t len)
+{
+    struct scenario s = {fn};
+    return rp_run_child(call_scenario, &s, out, len);
 }
 
 static void write_after_reset(void)

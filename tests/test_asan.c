@@ -4,7 +4,6 @@
  * expects the child to die with ASan's report. Skipped in other builds. */
 #include "testutil.h"
 
-#include <sys/wait.h>
 
 #ifndef __has_feature
 #define __has_feature(x) 0
@@ -48,28 +47,17 @@ static void do_bad(enum bad what)
     _exit(0);
 }
 
+static void run_bad(void *what)
+{
+    do_bad(*(enum bad *)what);
+}
+
 static void expect_report(enum bad what)
 {
     if (!HAVE_ASAN)
         skip();
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        close(fds[0]);
-        do_bad(what);
-    }
-    close(fds[1]);
     static char out[1 << 16];
-    size_t n = 0;
-    ssize_t r;
-    while (n < sizeof out - 1 && (r = read(fds[0], out + n, sizeof out - 1 - n)) > 0)
-        n += (size_t)r;
-    out[n] = '\0';
-    close(fds[0]);
-    int st;
-    waitpid(pid, &st, 0);
+    int st = rp_run_child(run_bad, &what, out, sizeof out);
     if (!(WIFEXITED(st) && WEXITSTATUS(st) != 0) && !WIFSIGNALED(st))
         fail_msg("child survived the bad access");
     if (!strstr(out, "ERROR: AddressSanitizer: use-after-poison"))

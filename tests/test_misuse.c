@@ -7,7 +7,6 @@
 
 #include <errno.h>
 #include <stdint.h>
-#include <sys/wait.h>
 
 static rp_errlog lg;
 static rp_pool *P, *Q;
@@ -152,34 +151,24 @@ static void test_misuse_sizes_and_alignment(void **s)
 /* A destroyed pool: destroying it again is detected (the registry no longer
  * knows it) and reported on stderr; run in a child, since any other use of
  * its unmapped memory would fault. Strict mode aborts after the report. */
+static void destroyed_then_strict(void *arg)
+{
+    (void)arg;
+    rp_config c = rp_test_config(NULL);
+    rp_pool *p = rp_pool_create(&c);
+    rp_pool_destroy(p);
+    rp_pool_destroy(p);
+    c.strict = 1;
+    p = rp_pool_create(&c);
+    int x;
+    rp_free(p, &x);
+}
+
 static void test_misuse_destroyed_pool_and_strict(void **s)
 {
     (void)s;
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        rp_config c = rp_test_config(NULL);
-        rp_pool *p = rp_pool_create(&c);
-        rp_pool_destroy(p);
-        rp_pool_destroy(p);
-        c.strict = 1;
-        p = rp_pool_create(&c);
-        int x;
-        rp_free(p, &x);
-        _exit(0);
-    }
-    close(fds[1]);
     char out[8192];
-    size_t len = 0;
-    ssize_t k;
-    while (len < sizeof out - 1 && (k = read(fds[0], out + len, sizeof out - 1 - len)) > 0)
-        len += (size_t)k;
-    out[len] = '\0';
-    close(fds[0]);
-    int st;
-    waitpid(pid, &st, 0);
+    int st = rp_run_child(destroyed_then_strict, NULL, out, sizeof out);
     if (!strstr(out, "[misuse] rp_pool_destroy(") || !strstr(out, "not a live pool"))
         fail_msg("no destroyed-pool report: %s", out);
     if (!strstr(out, "[foreign-pointer]") || !WIFSIGNALED(st) || WTERMSIG(st) != SIGABRT)

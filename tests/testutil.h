@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -72,6 +73,35 @@ static inline size_t rp_resident_bytes(const void *addr, size_t len)
             res += (vec[j] & 1) ? page : 0;
     }
     return res;
+}
+
+/* Run fn(arg) in a forked child with its stderr captured into out (NUL-
+ * terminated, read until EOF); returns the child's wait status. For cases
+ * that must abort or be reported by a sanitizer. fn must not return. */
+static inline int rp_run_child(void (*fn)(void *), void *arg, char *out, size_t len)
+{
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    fflush(NULL); /* no stdio buffer is written twice */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        close(fds[0]);
+        alarm(60); /* a hung child fails the test instead of hanging it */
+        fn(arg);
+        _exit(0);
+    }
+    close(fds[1]);
+    size_t n = 0;
+    ssize_t r;
+    while (n < len - 1 && (r = read(fds[0], out + n, len - 1 - n)) > 0)
+        n += (size_t)r;
+    out[n] = '\0';
+    close(fds[0]);
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    return st;
 }
 
 static inline rp_stats rp_test_stats(rp_pool *p)
