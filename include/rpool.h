@@ -127,6 +127,13 @@ typedef struct rp_config {
      * blocked). 0: expired regions are purged only from within rpool calls.
      * rp_check excludes it while checking. */
     int purge_thread;
+    /* Per-thread region cache: up to this many bytes of regions a thread
+     * released stay parked for its own next acquire of the same class (two
+     * per class), skipping the shared free stacks. Used only with
+     * purge_delay_ms > 0 and purge_thread = 1; the purger takes back what
+     * has sat longer than the delay, and a purge or a budget squeeze takes
+     * back everything. 0 = off. Range 0 or [64 KiB, 1 GiB]. */
+    size_t region_cache_bytes;
     /* Sub-range of the reservation given to the fallback heap; 0 = no heap.
      * Range 0 or [1 MiB, reserve_bytes / 2]. */
     size_t heap_bytes;
@@ -254,13 +261,14 @@ RP_API size_t rp_budget_get(const rp_pool *p, rp_budget_kind kind);
 /* ------------------------------------------------------------------------ */
 /* Stats.                                                                    */
 
-#define RP_STATS_VERSION 1
+#define RP_STATS_VERSION 2
 #define RP_MAX_CLASSES 24
 
 typedef struct rp_class_stats {
     size_t region_bytes;    /* size of one region of this class */
     uint64_t in_use;        /* regions handed out (to users, slabs, arenas) */
     uint64_t free_dirty;    /* free, still resident */
+    uint64_t cached;        /* of free_dirty: parked in thread region caches */
     uint64_t free_clean;    /* free, purged */
     uint64_t carves;        /* regions carved from new address space */
     uint64_t reuses;        /* regions taken from the free pool */

@@ -50,6 +50,7 @@ static const struct field fields[] = {
     F(purge_delay_ms, F_U32, 0, 3600000, false, false),
     F(purge_advice, F_INT, 0, 1, false, false),
     F(purge_thread, F_INT, 0, 1, false, false),
+    F(region_cache_bytes, F_SIZE, 64 * KiB, 1 * GiB, true, false),
     F(heap_bytes, F_SIZE, 1 * MiB, RESERVE_MAX / 2, true, false),
     F(hardened, F_INT, 0, 1, false, false),
     F(strict, F_INT, 0, 1, false, false),
@@ -97,6 +98,7 @@ int rp_config_preset(rp_config *cfg, const char *name)
         c.purge_delay_ms = 1000;
         c.purge_advice = RP_PURGE_DONTNEED;
         c.purge_thread = 1;
+        c.region_cache_bytes = 8 * MiB;
         c.heap_bytes = 1 * GiB;
     } else if (strcmp(name, "lowmem") == 0) {
         c.reserve_bytes = 4 * GiB;
@@ -105,6 +107,7 @@ int rp_config_preset(rp_config *cfg, const char *name)
         c.purge_delay_ms = 0;
         c.purge_advice = RP_PURGE_DONTNEED;
         c.purge_thread = 0;
+        c.region_cache_bytes = 0;
         c.heap_bytes = 64 * MiB;
     } else {
         return -EINVAL;
@@ -240,7 +243,7 @@ int rp_config_from_env(rp_config *cfg, const char *var, char *err, size_t len)
             if (!f)
                 return fail(err, len, "%s: unknown key '%.*s' (keys: preset, reserve_bytes, "
                             "virtual_budget, physical_budget, region_min_bytes, region_max_bytes, "
-                            "purge_delay_ms, purge_advice, purge_thread, heap_bytes, hardened, "
+                            "purge_delay_ms, purge_advice, purge_thread, region_cache_bytes, heap_bytes, hardened, "
                             "strict, physical_soft_limit)", var, (int)kn, s);
             uint64_t x;
             if (f->type == F_INT && f->off == offsetof(rp_config, purge_advice) &&

@@ -79,7 +79,9 @@ enum rp_rstate {
     RS_FREE_DIRTY,  /* on a free stack, resident, counted physical */
     RS_FREE_LAZY,   /* on a free stack, MADV_FREE'd, still counted physical */
     RS_FREE_CLEAN,  /* on a free stack, purged (DONTNEED), not counted */
-    RS_PURGING      /* held by a purger while madvise runs */
+    RS_PURGING,     /* held by a purger while madvise runs */
+    RS_CACHED       /* released into a thread's region cache (region.c):
+                       resident, counted physical and in the in_use gauge */
 };
 
 enum rp_rkind {
@@ -100,7 +102,7 @@ typedef struct rp_rdesc {
     uint32_t word;
     uint32_t head;          /* granule index of this region's head; atomic */
     uint32_t gen;           /* times this head was handed out; atomic */
-    uint32_t spare;
+    uint32_t epoch;         /* purge epoch when put in a thread cache; atomic */
     uint64_t release_ms;    /* rpi_now_ms() at release; atomic */
     /* State of the layer that owns the region while IN_USE (slab, arena).
      * Zeroed when the region is handed out; the owner's rules apply. */
@@ -147,6 +149,7 @@ typedef struct rp_account {
 /* Per-(thread, pool) shard. Lives in pool metadata, recycled after an RCU
  * grace period. Embedded blobs belong to arena.c and slab.c. */
 #define RP_TS_ARENA_BYTES 256
+#define RP_RCACHE_WAYS 2
 #define RP_TS_SLAB_BYTES 2048
 
 typedef struct rp_tstate {
@@ -158,6 +161,16 @@ typedef struct rp_tstate {
     uint32_t spare;
     /* RCU deferred reclamation handle (struct rcu_head, 16 bytes). */
     void *rcu_space[2];
+    /* Region cache (region.c): regions of each class this thread released,
+     * in state RS_CACHED, for its next acquire of that class. A slot is
+     * filled only by its owner (relaxed store into an empty slot) and
+     * emptied by an exchange (owner) or a CAS d -> NULL (any thread
+     * stealing it); whoever empties the slot owns the region. */
+    rp_rdesc *rcache[RP_MAX_CLASSES][RP_RCACHE_WAYS];
+    uint64_t rc_hits[RP_MAX_CLASSES]; /* acquires served; owner relaxed
+                                         stores, stats read relaxed */
+    uint64_t rc_bytes;          /* bytes the owner put in and has not taken
+                                   out (stolen ones included); owner only */
     unsigned char arena[RP_TS_ARENA_BYTES] __attribute__((aligned(RP_CACHELINE)));
     unsigned char slab[RP_TS_SLAB_BYTES] __attribute__((aligned(RP_CACHELINE)));
 } rp_tstate;
@@ -199,6 +212,12 @@ struct rp_pool {
 
     /* Delayed purge. */
     uint64_t next_purge_ms;     /* relaxed hint */
+    uint64_t rc_cap;            /* per-thread region cache bytes (0: off);
+                                   constant after creation */
+    uint64_t rc_epoch;          /* purger ticks; the purger writes, cache
+                                   puts read (relaxed) */
+    uint64_t rc_ticks;          /* ticks a cached region must sit before the
+                                   purger takes it back; constant */
     uint32_t purge_busy;        /* CAS 0->1 to become the purger */
     uint32_t purger_stop;       /* set by destroy; read by the purger */
     pthread_t purger;
@@ -335,6 +354,13 @@ RP_HIDDEN bool rpi_dirty_any(rp_pool *p);
 RP_HIDDEN void rpi_purge_expired(rp_pool *p);
 RP_HIDDEN int rpi_region_check(rp_pool *p);
 RP_HIDDEN int rpi_purger_start(rp_pool *p);
+/* Return the regions in shard ts's region cache to the free stacks (thread
+ * exit, detach). Any thread. */
+RP_HIDDEN void rpi_region_thread_exit(rp_pool *p, rp_tstate *ts);
+/* Regions held in thread region caches, per class (cached[] has
+ * RP_MAX_CLASSES entries, added to), and cache hits per class (added to
+ * hits[]). Lock-free walk of the shards. */
+RP_HIDDEN void rpi_region_cache_stats(rp_pool *p, uint64_t *cached, uint64_t *hits);
 RP_HIDDEN void rpi_purger_stop(rp_pool *p);
 
 /* ======================================================================== */
@@ -345,6 +371,20 @@ RP_HIDDEN void rpi_purger_stop(rp_pool *p);
 RP_HIDDEN rp_tstate *rpi_tstate_get(rp_pool *p);
 /* The calling thread's shard for p, or NULL; never creates. */
 RP_HIDDEN rp_tstate *rpi_tstate_peek(rp_pool *p);
+/* The last shard this thread looked up (thread.c). */
+struct rpi_tfast {
+    uint64_t id;     /* pool id, 0 = none */
+    rp_tstate *ts;
+};
+extern __thread struct rpi_tfast rpi_tfast
+    __attribute__((tls_model("initial-exec"), visibility("hidden")));
+/* rpi_tstate_peek with a one-entry thread-local cache in front. O(1). */
+static inline rp_tstate *rpi_tstate_fast(rp_pool *p)
+{
+    if (RP_LIKELY(rpi_tfast.id == p->id))
+        return rpi_tfast.ts;
+    return rpi_tstate_peek(p);
+}
 /* Detach every shard of p (pool destruction). */
 RP_HIDDEN void rpi_threads_destroy(rp_pool *p);
 /* Call fn for each live shard under an RCU read-side lock. fn must not block. */

@@ -129,6 +129,240 @@ static rp_rdesc *handed_out(rp_pool *p, rp_rdesc *d)
     return d;
 }
 
+/* handed_out for a region that was a user region (RK_USER) before it was
+ * cached and is one again: its user area is still all zero (handed_out
+ * zeroed it, and nothing writes the user area of a user region). */
+static rp_rdesc *handed_out_user(rp_pool *p, rp_rdesc *d)
+{
+    rp_hb_acquire(d); /* pairs with rp_hb_release in rp_region_release */
+    rp_store_relaxed_u32(&d->gen, rp_load_relaxed_u32(&d->gen) + 1);
+    rp_unpoison(rpi_desc_base(p, d), rpi_desc_bytes(p, d));
+    return d;
+}
+
+/* Purger period: a quarter of the delay, at least 5 ms. */
+static uint64_t purge_step(const rp_pool *p)
+{
+    return p->cfg.purge_delay_ms / 4 > 5 ? p->cfg.purge_delay_ms / 4 : 5;
+}
+
+/* ---- per-thread region cache ----------------------------------------------
+ *
+ * With a delayed purge and the background purger (p->rc_cap != 0), a region
+ * released by a thread that has a shard goes into that shard's cache instead
+ * of onto the shared free stack: state IN_USE -> CACHED by one CAS (the same
+ * CAS that detects a double release), then a relaxed store into an empty
+ * slot. The same thread's next acquire of that class empties the slot with
+ * an exchange and stores IN_USE: no counter, no stack, no other atomic. The
+ * reuse path of a churning thread thus costs one CAS and one exchange
+ * instead of about a dozen read-modify-writes on shared lines.
+ *
+ * Ownership of a cached region goes to whoever empties its slot: the owner's
+ * exchange, or a stealer's CAS slot d -> NULL (any thread: the purger for
+ * regions past the purge delay, a purge or budget squeeze for all of them,
+ * the detach of the shard). The two are atomic read-modify-writes of the
+ * same slot, so exactly one succeeds; the loser sees NULL or another region
+ * and leaves it. A stealer then moves the region CACHED -> FREE_DIRTY and
+ * pushes it like a release would. A slot never names a region in two places
+ * at once: only the region's owner fills a slot, and it owns the region
+ * only after emptying the slot it came from.
+ *
+ * Accounting: a cached region stays in its class's in_use gauge (so the hot
+ * path moves no gauge) and counted in physical_bytes; stats report it as
+ * free_dirty by walking the shards (rpi_region_cache_stats), and a stealer
+ * moves the gauge in_use -> dirty. Cache hits are counted per shard and
+ * folded into the class's reuses when the shard detaches.
+ *
+ * A cache holds at most RP_RCACHE_WAYS regions per class and rc_cap bytes;
+ * memory in caches is never stranded longer than the purge delay (the
+ * purger steals expired entries) and never stands between an allocation and
+ * its budget (rpi_purge_for steals everything before giving up). */
+
+/* Calling thread's shard for p, or NULL; never creates one. O(1). */
+static inline rp_tstate *cache_shard(rp_pool *p)
+{
+    return p->rc_cap ? rpi_tstate_fast(p) : NULL;
+}
+
+/* Take a cached region of class cls for kind from shard ts, or NULL; *prev
+ * is the kind it had before it was cached. The caller hands it out. O(ways). */
+static rp_rdesc *cache_take(rp_pool *p, rp_tstate *ts, unsigned cls, unsigned kind,
+                            unsigned *prev)
+{
+    for (int i = 0; i < RP_RCACHE_WAYS; i++) {
+        void **slot = (void **)&ts->rcache[cls][i];
+        if (!rp_load_relaxed_ptr(slot))
+            continue;
+        /* Exchange: empties the slot; pairs with a stealer's CAS on the
+         * slot (exactly one of us gets d). */
+        rp_rdesc *d = rp_swap_ptr(slot, NULL);
+        if (!d)
+            continue; /* stolen meanwhile (rc_bytes is recounted later) */
+        ts->rc_bytes -= rpi_class_bytes(p, cls);
+        uint32_t w = rp_load_relaxed_u32(&d->word);
+        if (RW_STATE(w) != RS_CACHED || RW_CLS(w) != cls) {
+            rpi_report(p, RP_ERR_CORRUPT, rpi_desc_base(p, d),
+                       "region %p in a thread cache of class %u has word %#x",
+                       rpi_desc_base(p, d), cls, w);
+            continue;
+        }
+        /* We own d (we emptied its slot): a plain release store suffices;
+         * a racing double release sees CACHED, not IN_USE, and fails. */
+        *prev = RW_KIND(w);
+        rp_store_release_u32(&d->word, RW_MAKE(RS_IN_USE, cls, kind));
+        rp_store_relaxed_u64(&ts->rc_hits[cls], rp_load_relaxed_u64(&ts->rc_hits[cls]) + 1);
+        return d;
+    }
+    return NULL;
+}
+
+/* Park region d (class cls, state word *w as validated by the caller) in
+ * the calling thread's cache. Returns 1 when cached; 0 when there is no
+ * room or no cache (nothing changed); -1 when the CAS IN_USE -> CACHED
+ * failed (a concurrent release: *w holds the word found). O(ways). */
+static int cache_put(rp_pool *p, rp_rdesc *d, unsigned cls, uint32_t *w)
+{
+    rp_tstate *ts = cache_shard(p);
+    if (!ts)
+        return 0;
+    size_t bytes = rpi_class_bytes(p, cls);
+    if (ts->rc_bytes + bytes > p->rc_cap) {
+        /* rc_bytes still counts entries stolen since: count again. */
+        uint64_t n = 0;
+        for (unsigned k = 0; k < p->nclasses; k++)
+            for (int i = 0; i < RP_RCACHE_WAYS; i++)
+                if (rp_load_relaxed_ptr((void *const *)&ts->rcache[k][i]))
+                    n += rpi_class_bytes(p, k);
+        ts->rc_bytes = n;
+        if (n + bytes > p->rc_cap)
+            return 0;
+    }
+    for (int i = 0; i < RP_RCACHE_WAYS; i++) {
+        void **slot = (void **)&ts->rcache[cls][i];
+        if (rp_load_relaxed_ptr(slot))
+            continue;
+        rp_store_relaxed_u32(&d->epoch, (uint32_t)rp_load_relaxed_u64(&p->rc_epoch));
+        rp_poison(rpi_desc_base(p, d), bytes);
+        /* CAS IN_USE -> CACHED: of two racing releasers exactly one wins.
+         * Pairs with the CAS or store that made it IN_USE. */
+        /* The cached word keeps the kind it had (handed_out_user). */
+        if (!rp_cas_u32(&d->word, w, RW_MAKE(RS_CACHED, cls, RW_KIND(*w)))) {
+            rp_unpoison(rpi_desc_base(p, d), bytes);
+            return -1;
+        }
+        ts->rc_bytes += bytes;
+        /* Only we fill our slots, and this one was empty: a plain store.
+         * A stealer that reads it and CASes it to NULL owns d from then. */
+        rp_store_relaxed_ptr(slot, d);
+        return 1;
+    }
+    return 0;
+}
+
+/* Region d, just stolen from a cache slot: CACHED -> FREE_DIRTY onto its
+ * free stack. O(1). */
+static void cache_evict(rp_pool *p, rp_rdesc *d)
+{
+    uint32_t w = rp_load_relaxed_u32(&d->word);
+    unsigned cls = RW_CLS(w);
+    /* CAS CACHED -> FREE_DIRTY: we own d (we emptied its slot), so this
+     * fails only on damage. Pairs with the CAS in cache_put. */
+    if (RW_STATE(w) != RS_CACHED ||
+        !rp_cas_u32(&d->word, &w, RW_MAKE(RS_FREE_DIRTY, cls, RK_NONE))) {
+        rpi_report(p, RP_ERR_CORRUPT, rpi_desc_base(p, d),
+                   "region %p taken from a thread cache has word %#x",
+                   rpi_desc_base(p, d), w);
+        return;
+    }
+    gauge_move(p, cls, RS_IN_USE, RS_FREE_DIRTY);
+    push_free(p, d, cls);
+}
+
+struct steal_ctx {
+    rp_pool *p;
+    bool all;          /* steal every entry, else only expired ones */
+    uint32_t epoch;    /* expired: put at least rc_ticks ticks before this */
+    uint64_t release_ms; /* release time given to stolen regions */
+    uint64_t stolen;   /* regions moved to the free stacks */
+};
+
+/* Steal the entries of one shard released at or before the cutoff. Runs
+ * under the RCU read lock: atomics and a stack push only. O(classes * ways). */
+static void steal_shard(rp_tstate *ts, void *arg)
+{
+    struct steal_ctx *c = arg;
+    for (unsigned k = 0; k < c->p->nclasses; k++)
+        for (int i = 0; i < RP_RCACHE_WAYS; i++) {
+            void **slot = (void **)&ts->rcache[k][i];
+            void *d = rp_load_relaxed_ptr(slot);
+            if (!d)
+                continue;
+            uint32_t age = c->epoch - rp_load_relaxed_u32(&((rp_rdesc *)d)->epoch);
+            if (!c->all && age < c->p->rc_ticks)
+                continue;
+            /* CAS d -> NULL: pairs with the owner's exchange in cache_take;
+             * exactly one of us empties the slot and owns d. */
+            if (rp_cas_ptr(slot, &d, NULL)) {
+                rp_store_relaxed_u64(&((rp_rdesc *)d)->release_ms, c->release_ms);
+                cache_evict(c->p, d);
+                c->stolen++;
+            }
+        }
+}
+
+/* Move cached regions to the free stacks: all of them, or those that sat
+ * in a cache for rc_ticks purger ticks (they go with release time 0, so the
+ * purge that follows takes them). Returns how many moved.
+ * O(shards * classes). */
+static uint64_t cache_steal(rp_pool *p, bool all)
+{
+    if (!p->rc_cap)
+        return 0;
+    struct steal_ctx c = {p, all, (uint32_t)rp_load_relaxed_u64(&p->rc_epoch),
+                          all ? rpi_now_ms() : 0, 0};
+    rpi_threads_foreach(p, steal_shard, &c);
+    return c.stolen;
+}
+
+void rpi_region_thread_exit(rp_pool *p, rp_tstate *ts)
+{
+    struct steal_ctx c = {p, true, 0, rpi_now_ms(), 0};
+    steal_shard(ts, &c);
+    ts->rc_bytes = 0;
+    /* Fold the shard's hits into the shared counters before it goes. */
+    for (unsigned k = 0; k < p->nclasses; k++) {
+        uint64_t h = rp_load_relaxed_u64(&ts->rc_hits[k]);
+        if (h) {
+            rp_store_relaxed_u64(&ts->rc_hits[k], 0);
+            rp_add_relaxed_u64(&p->cls[k].reuses, h);
+        }
+    }
+}
+
+struct cstat_ctx {
+    unsigned n;
+    uint64_t *cached, *hits;
+};
+
+static void cstat_shard(rp_tstate *ts, void *arg)
+{
+    struct cstat_ctx *c = arg;
+    for (unsigned k = 0; k < c->n; k++) {
+        c->hits[k] += rp_load_relaxed_u64(&ts->rc_hits[k]);
+        for (int i = 0; i < RP_RCACHE_WAYS; i++)
+            if (rp_load_relaxed_ptr((void *const *)&ts->rcache[k][i]))
+                c->cached[k]++;
+    }
+}
+
+void rpi_region_cache_stats(rp_pool *p, uint64_t *cached, uint64_t *hits)
+{
+    if (!p->rc_cap)
+        return;
+    struct cstat_ctx c = {p->nclasses, cached, hits};
+    rpi_threads_foreach(p, cstat_shard, &c);
+}
+
 /* Try the free stack of class cls; wait briefly while a purger holds some. */
 static rp_rdesc *reuse(rp_pool *p, unsigned cls, unsigned kind, int *err)
 {
@@ -208,14 +442,27 @@ static rp_rdesc *split(rp_pool *p, unsigned cls, unsigned kind, int *err)
     return NULL;
 }
 
+static rp_rdesc *region_get_shared(rp_pool *p, unsigned cls, unsigned kind);
+
 rp_rdesc *rpi_region_get(rp_pool *p, size_t bytes, unsigned kind)
 {
     int c = rpi_class_of(p, bytes);
     if (bytes == 0 || c < 0)
         return rpi_fail_null(p, RP_FAIL_OTHER, EINVAL);
     unsigned cls = (unsigned)c;
-    int err = 0;
+    rp_tstate *ts = cache_shard(p);
+    unsigned prev;
+    rp_rdesc *d = ts ? cache_take(p, ts, cls, kind, &prev) : NULL;
+    if (d)
+        return handed_out(p, d);
+    return region_get_shared(p, cls, kind);
+}
 
+/* rpi_region_get past the thread cache: the class's free stack, new
+ * address space, a split, and at a budget what the caches hold. */
+static rp_rdesc *region_get_shared(rp_pool *p, unsigned cls, unsigned kind)
+{
+    int err = 0;
     rp_rdesc *d = reuse(p, cls, kind, &err);
     if (d)
         return handed_out(p, d);
@@ -234,11 +481,21 @@ rp_rdesc *rpi_region_get(rp_pool *p, size_t bytes, unsigned kind)
         }
         rpi_phys_uncharge(p, size);
     }
-    /* At a budget or out of reservation: split a larger free region. */
-    err = 0;
-    d = split(p, cls, kind, &err);
-    if (d)
-        return handed_out(p, d);
+    /* At a budget or out of reservation: split a larger free region; failing
+     * that, take back what thread caches hold and try again. */
+    for (int round = 0; round < 2; round++) {
+        err = 0;
+        d = split(p, cls, kind, &err);
+        if (d)
+            return handed_out(p, d);
+        if (round || !cache_steal(p, true))
+            break;
+        d = reuse(p, cls, kind, &err);
+        if (d)
+            return handed_out(p, d);
+        if (err == -ENOMEM)
+            break;
+    }
     return rpi_fail_null(p, err == -ENOMEM ? RP_FAIL_PHYSICAL : why, ENOMEM);
 }
 
@@ -278,6 +535,14 @@ void rpi_region_put(rp_pool *p, rp_rdesc *d)
         push_free(p, d, cls);
         return;
     }
+    int c = cache_put(p, d, cls, &w);
+    if (c > 0)
+        return;
+    if (c < 0) {
+        rpi_report(p, RP_ERR_CORRUPT, rpi_desc_base(p, d),
+                   "region %p changed state while released", rpi_desc_base(p, d));
+        return;
+    }
     uint64_t now = rpi_now_ms();
     rp_store_relaxed_u64(&d->release_ms, now);
     rp_poison(rpi_desc_base(p, d), rpi_class_bytes(p, cls));
@@ -300,6 +565,22 @@ void *rp_region_acquire(rp_pool *p, size_t bytes)
     if (!p) {
         errno = EINVAL;
         return NULL;
+    }
+    if (p->rc_cap) {
+        /* Fast path: this thread's cache. */
+        rp_tstate *ts = rpi_tstate_fast(p);
+        int c = rpi_class_of(p, bytes);
+        if (RP_LIKELY(ts && bytes && c >= 0)) {
+            unsigned prev;
+            rp_rdesc *d = cache_take(p, ts, (unsigned)c, RK_USER, &prev);
+            if (d)
+                return rpi_desc_base(p, prev == RK_USER ? handed_out_user(p, d)
+                                                        : handed_out(p, d));
+            d = region_get_shared(p, (unsigned)c, RK_USER);
+            return d ? rpi_desc_base(p, d) : NULL;
+        }
+        if (!ts)
+            (void)rpi_tstate_get(p); /* a shard to cache releases in; optional */
     }
     rp_rdesc *d = rpi_region_get(p, bytes, RK_USER);
     return d ? rpi_desc_base(p, d) : NULL;
@@ -358,6 +639,16 @@ void rp_region_release(rp_pool *p, void *region)
     rp_rdesc *d = live_region(p, region, RK_USER, "rp_region_release", true, &w);
     if (!d)
         return;
+    rp_hb_release(d); /* pairs with rp_hb_acquire in handed_out */
+    int c = p->cfg.purge_delay_ms ? cache_put(p, d, RW_CLS(w), &w) : 0;
+    if (c > 0)
+        return;
+    if (c < 0) {
+        rpi_report(p, RP_ERR_NOT_LIVE, region,
+                   "rp_region_release(%p): region is not live (released concurrently)",
+                   region);
+        return;
+    }
     /* Claim the release: IN_USE|USER (the word just checked) -> IN_USE with
      * no kind. Of two racing releasers exactly one wins; the loser is a
      * double release. Pairs with the CAS in claim/carve that made it IN_USE. */
@@ -452,8 +743,13 @@ static size_t purge_class(rp_pool *p, unsigned cls, bool force, uint64_t cutoff,
 size_t rpi_purge_for(rp_pool *p, size_t bytes)
 {
     size_t got = 0;
-    for (int c = (int)p->nclasses - 1; c >= 0 && got < bytes; c--)
-        got += purge_class(p, (unsigned)c, true, UINT64_MAX, bytes - got);
+    for (int round = 0; round < 2; round++) {
+        for (int c = (int)p->nclasses - 1; c >= 0 && got < bytes; c--)
+            got += purge_class(p, (unsigned)c, true, UINT64_MAX, bytes - got);
+        /* Then what thread caches hold, and purge again. */
+        if (got >= bytes || round || !cache_steal(p, true))
+            break;
+    }
     return got;
 }
 
@@ -481,10 +777,10 @@ void rpi_purge_expired(rp_pool *p)
     uint64_t now = rpi_now_ms();
     uint64_t delay = p->cfg.purge_delay_ms;
     uint64_t cutoff = now >= delay ? now - delay : 0;
+    cache_steal(p, false); /* expired thread-cache entries first */
     for (unsigned c = 0; c < p->nclasses; c++)
         purge_class(p, c, false, cutoff, SIZE_MAX);
-    uint64_t step = delay / 4 > 5 ? delay / 4 : 5;
-    rp_store_relaxed_u64(&p->next_purge_ms, now + step);
+    rp_store_relaxed_u64(&p->next_purge_ms, now + purge_step(p));
     rp_store_release_u32(&p->purge_busy, 0);
 }
 
@@ -493,7 +789,7 @@ void rpi_purge_expired(rp_pool *p)
 static void *purger_main(void *arg)
 {
     rp_pool *p = arg;
-    uint64_t step = p->cfg.purge_delay_ms / 4 > 5 ? p->cfg.purge_delay_ms / 4 : 5;
+    uint64_t step = purge_step(p);
     pthread_mutex_lock(&p->purger_lock);
     while (!p->purger_stop) {
         struct timespec ts;
@@ -505,6 +801,7 @@ static void *purger_main(void *arg)
         if (p->purger_stop)
             break;
         pthread_mutex_unlock(&p->purger_lock);
+        rp_store_relaxed_u64(&p->rc_epoch, rp_load_relaxed_u64(&p->rc_epoch) + 1);
         rpi_purge_expired(p);
         pthread_mutex_lock(&p->purger_lock);
     }
@@ -519,6 +816,13 @@ int rpi_purger_start(rp_pool *p)
     if (!p->cfg.purge_thread || p->cfg.purge_delay_ms == 0)
         return 0;
     p->purger_stop = 0;
+    uint64_t step = purge_step(p);
+    /* Thread caches only with a purger to take back expired entries: a
+     * region cached at some point of tick e is taken back at tick
+     * e + ceil(delay / step) + 1, i.e. after delay .. delay + step. Set
+     * before the purger starts (it reads them); constant afterwards. */
+    p->rc_ticks = (p->cfg.purge_delay_ms + step - 1) / step + 1;
+    p->rc_cap = p->cfg.region_cache_bytes;
     /* The purger must never receive the application's signals (a server
      * that blocks SIGTERM for signalfd would otherwise be killed through
      * this thread): create it with every signal blocked. */
@@ -527,8 +831,10 @@ int rpi_purger_start(rp_pool *p)
     pthread_sigmask(SIG_SETMASK, &all, &old);
     int rc = pthread_create(&p->purger, NULL, purger_main, p);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0)
+    if (rc != 0) {
+        p->rc_cap = 0; /* no purger: no caches */
         return -EAGAIN;
+    }
     p->purger_running = 1;
     return 0;
 }
@@ -577,7 +883,8 @@ int rpi_region_check(rp_pool *p)
 static int region_check(rp_pool *p)
 {
     uint64_t in_use[RP_MAX_CLASSES] = {0}, dirty[RP_MAX_CLASSES] = {0},
-             clean[RP_MAX_CLASSES] = {0};
+             clean[RP_MAX_CLASSES] = {0}, cached[RP_MAX_CLASSES] = {0},
+             slots[RP_MAX_CLASSES] = {0}, hits[RP_MAX_CLASSES] = {0};
     size_t hwm = rp_load_acquire_u64(&p->hwm);
     size_t used_bytes = 0;
     for (size_t g = 0; g < hwm;) {
@@ -596,7 +903,9 @@ static int region_check(rp_pool *p)
             CHECK(RW_STATE(tw) == RS_TAIL && rp_load_relaxed_u32(&d[t].head) == g,
                   "check: granule %zu of region %zu is not its tail", g + t, g);
         }
-        if (st == RS_IN_USE)
+        if (st == RS_CACHED)
+            cached[cls]++;
+        if (st == RS_IN_USE || st == RS_CACHED)
             in_use[cls]++;
         else if (st == RS_FREE_CLEAN)
             clean[cls]++;
@@ -606,8 +915,13 @@ static int region_check(rp_pool *p)
             used_bytes += n << p->gshift;
         g += n;
     }
+    /* Quiescent: every RS_CACHED region sits in exactly one cache slot. */
+    rpi_region_cache_stats(p, slots, hits);
     for (unsigned c = 0; c < p->nclasses; c++) {
         struct rp_class *k = &p->cls[c];
+        CHECK(cached[c] == slots[c],
+              "check: class %u has %lu regions in state CACHED but %lu thread-cache slots",
+              c, (unsigned long)cached[c], (unsigned long)slots[c]);
         CHECK(in_use[c] == rp_load_relaxed_u64(&k->in_use) &&
                   dirty[c] == rp_load_relaxed_u64(&k->dirty) &&
                   clean[c] == rp_load_relaxed_u64(&k->clean),

@@ -41,16 +41,22 @@ int rp_stats_get(rp_pool *p, rp_stats *st)
     st->errors = LD(a->errors);
     st->threads = LD(p->nthreads);
     st->nclasses = p->nclasses;
+    uint64_t cached[RP_MAX_CLASSES] = {0}, hits[RP_MAX_CLASSES] = {0};
+    rpi_region_cache_stats(p, cached, hits);
     for (unsigned c = 0; c < p->nclasses; c++) {
         struct rp_class *k = &p->cls[c];
         rp_class_stats *cs = &st->cls[c];
         size_t b = rpi_class_bytes(p, c);
         cs->region_bytes = b;
-        cs->in_use = LD(k->in_use);
-        cs->free_dirty = LD(k->dirty);
+        /* Regions in thread caches sit in the in_use gauge; report them as
+         * free and resident. */
+        uint64_t in_use = LD(k->in_use);
+        cs->cached = cached[c] < in_use ? cached[c] : in_use;
+        cs->in_use = in_use - cs->cached;
+        cs->free_dirty = LD(k->dirty) + cs->cached;
         cs->free_clean = LD(k->clean);
         cs->carves = LD(k->carves);
-        cs->reuses = LD(k->reuses);
+        cs->reuses = LD(k->reuses) + hits[c];
         cs->purges = LD(k->purges);
         cs->splits = LD(k->splits);
         st->region_in_use_bytes += cs->in_use * b;
@@ -112,15 +118,16 @@ static void print_text(struct out *o, const rp_stats *s)
          s->virtual_peak, s->reserved_bytes);
     outf(o, "regions: carves %" PRIu64 " reuses %" PRIu64 " purges %" PRIu64 " splits %" PRIu64 "\n",
          s->carves, s->reuses, s->purges, s->splits);
-    outf(o, "  %12s %8s %8s %8s %8s %8s %8s\n", "class", "in_use", "dirty", "clean", "carves",
-         "reuses", "purges");
+    outf(o, "  %12s %8s %8s %8s %8s %8s %8s %8s\n", "class", "in_use", "dirty", "cached",
+         "clean", "carves", "reuses", "purges");
     for (unsigned c = 0; c < s->nclasses; c++) {
         const rp_class_stats *k = &s->cls[c];
         if (class_unused(k))
             continue;
-        outf(o, "  %12zu %8" PRIu64 " %8" PRIu64 " %8" PRIu64 " %8" PRIu64 " %8" PRIu64 " %8" PRIu64 "\n",
-             k->region_bytes, k->in_use, k->free_dirty, k->free_clean, k->carves, k->reuses,
-             k->purges);
+        outf(o, "  %12zu %8" PRIu64 " %8" PRIu64 " %8" PRIu64 " %8" PRIu64 " %8" PRIu64 " %8" PRIu64
+                " %8" PRIu64 "\n",
+             k->region_bytes, k->in_use, k->free_dirty, k->cached, k->free_clean, k->carves,
+             k->reuses, k->purges);
     }
     outf(o, "heap: capacity %zu committed %zu allocated %zu peak %zu largest %zu ooms %" PRIu64
             "; guaranteed live under worst-case fragmentation %zu\n",
@@ -153,10 +160,10 @@ static void print_json(struct out *o, const rp_stats *s)
         if (class_unused(k))
             continue;
         outf(o, "%s{\"region_bytes\":%zu,\"in_use\":%" PRIu64 ",\"free_dirty\":%" PRIu64
-                ",\"free_clean\":%" PRIu64 ",\"carves\":%" PRIu64 ",\"reuses\":%" PRIu64
-                ",\"purges\":%" PRIu64 ",\"splits\":%" PRIu64 "}",
-             first ? "" : ",", k->region_bytes, k->in_use, k->free_dirty, k->free_clean,
-             k->carves, k->reuses, k->purges, k->splits);
+                ",\"cached\":%" PRIu64 ",\"free_clean\":%" PRIu64 ",\"carves\":%" PRIu64
+                ",\"reuses\":%" PRIu64 ",\"purges\":%" PRIu64 ",\"splits\":%" PRIu64 "}",
+             first ? "" : ",", k->region_bytes, k->in_use, k->free_dirty, k->cached,
+             k->free_clean, k->carves, k->reuses, k->purges, k->splits);
         first = false;
     }
     outf(o, "]},\"heap\":{\"capacity_bytes\":%zu,\"committed_bytes\":%zu,\"physical_bytes\":%zu,"
@@ -194,10 +201,11 @@ static void print_prometheus(struct out *o, const rp_stats *s)
          s->region_in_use_bytes);
     prom(o, "region_bytes", "gauge", NULL, "{state=\"free_dirty\"}", s->region_dirty_bytes);
     prom(o, "region_bytes", "gauge", NULL, "{state=\"free_clean\"}", s->region_clean_bytes);
-    const char *ctr[] = {"region_carves_total", "region_reuses_total", "region_purges_total"};
+    const char *ctr[] = {"region_carves_total", "region_reuses_total", "region_purges_total",
+                         "region_cached"};
     const char *hlp[] = {"Regions carved from new address space.", "Regions reused.",
-                         "Regions purged."};
-    for (int m = 0; m < 3; m++) {
+                         "Regions purged.", "Free regions parked in thread region caches."};
+    for (int m = 0; m < 4; m++) {
         bool first = true;
         for (unsigned c = 0; c < s->nclasses; c++) {
             const rp_class_stats *k = &s->cls[c];
@@ -205,8 +213,8 @@ static void print_prometheus(struct out *o, const rp_stats *s)
                 continue;
             char lab[64];
             snprintf(lab, sizeof lab, "{class=\"%zu\"}", k->region_bytes);
-            uint64_t v = m == 0 ? k->carves : m == 1 ? k->reuses : k->purges;
-            prom(o, ctr[m], "counter", first ? hlp[m] : NULL, lab, v);
+            uint64_t v = m == 0 ? k->carves : m == 1 ? k->reuses : m == 2 ? k->purges : k->cached;
+            prom(o, ctr[m], m == 3 ? "gauge" : "counter", first ? hlp[m] : NULL, lab, v);
             first = false;
         }
     }

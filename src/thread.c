@@ -36,6 +36,10 @@ struct tls_slot {
 };
 
 static __thread struct tls_slot slots[TLS_SLOTS];
+/* Copy of the most recently used slot, initial-exec (no __tls_get_addr on
+ * the hot paths; 16 bytes of static TLS). Keyed by pool id (never reused,
+ * never 0), so a destroyed pool never matches. */
+__thread struct rpi_tfast rpi_tfast __attribute__((tls_model("initial-exec")));
 static pthread_key_t exit_key;
 static pthread_once_t key_once = PTHREAD_ONCE_INIT;
 static int rcu_token; /* address used as the grace-period sync object */
@@ -82,6 +86,7 @@ static void detach(rp_pool *p, rp_tstate *ts)
 {
     rpi_arena_thread_exit(p, ts);
     rpi_slab_thread_exit(p, ts);
+    rpi_region_thread_exit(p, ts); /* last: the two above release regions */
     rp_mutex_lock(&p->threads_lock);
     RP_HIDE_BEGIN();
     cds_list_del_rcu(&ts->node);
@@ -99,6 +104,8 @@ static void forget(const rp_tstate *ts)
     for (int i = 0; i < TLS_SLOTS; i++)
         if (slots[i].ts == ts)
             slots[i] = (struct tls_slot){NULL, 0, NULL};
+    if (rpi_tfast.ts == ts)
+        rpi_tfast = (struct rpi_tfast){0, NULL};
 }
 
 static void thread_exit(void *arg)
@@ -119,8 +126,10 @@ static void thread_exit(void *arg)
 rp_tstate *rpi_tstate_peek(rp_pool *p)
 {
     for (int i = 0; i < TLS_SLOTS; i++)
-        if (slots[i].pool == p && slots[i].id == p->id)
+        if (slots[i].pool == p && slots[i].id == p->id) {
+            rpi_tfast = (struct rpi_tfast){p->id, slots[i].ts};
             return slots[i].ts;
+        }
     return NULL;
 }
 
@@ -186,8 +195,10 @@ rp_tstate *rpi_tstate_get(rp_pool *p)
     rp_tstate *ts = rpi_tstate_peek(p);
     if (!ts)
         ts = create(p);
-    if (ts)
+    if (ts) {
         slots[0] = (struct tls_slot){p, p->id, ts};
+        rpi_tfast = (struct rpi_tfast){p->id, ts};
+    }
     return ts;
 }
 

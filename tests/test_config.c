@@ -25,6 +25,8 @@ static void b_delay(rp_config *c) { c->purge_delay_ms = 3600001; }
 static void b_advice(rp_config *c) { c->purge_advice = 2; }
 static void b_advice_neg(rp_config *c) { c->purge_advice = -1; }
 static void b_thread(rp_config *c) { c->purge_thread = 5; }
+static void b_rcache_small(rp_config *c) { c->region_cache_bytes = 4096; }
+static void b_rcache_big(rp_config *c) { c->region_cache_bytes = 2 * GiB; }
 static void b_heap_small(rp_config *c) { c->heap_bytes = 4096; }
 static void b_heap_big(rp_config *c) { c->heap_bytes = c->reserve_bytes / 2 + 1 * MiB; }
 static void b_hardened(rp_config *c) { c->hardened = 2; }
@@ -48,6 +50,8 @@ static const struct bad bads[] = {
     {"purge_advice", b_advice, "[0, 1]"},
     {"purge_advice", b_advice_neg, "[0, 1]"},
     {"purge_thread", b_thread, "[0, 1]"},
+    {"region_cache_bytes", b_rcache_small, "0 or in [65536, 1073741824]"},
+    {"region_cache_bytes", b_rcache_big, "0 or in [65536, 1073741824]"},
     {"heap_bytes", b_heap_small, "0 or in [1048576, "},
     {"heap_bytes", b_heap_big, "reserve_bytes/2"},
     {"hardened", b_hardened, "[0, 1]"},
@@ -136,6 +140,7 @@ static void test_config_from_env(void **state)
         {"preset=tiny", "preset = 'tiny'", "server, lowmem"},
         {"physical_budget", "is not key=value", "physical_budget"},
         {"purge_thread=7", "purge_thread", "[0, 1]"},
+        {"region_cache_bytes=1K", "region_cache_bytes", "[65536, 1073741824]"},
         {"reserve_bytes=99999999999999999999999", "reserve_bytes", "size"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -201,7 +206,7 @@ static void test_stats_formats(void **state)
              "    assert len(keys)==len(set(keys)), keys\n"
              "    return dict(pairs)\n"
              "d=json.load(open(sys.argv[1]), object_pairs_hook=nodup)\n"
-             "assert d[\"schema_version\"]==1\n"
+             "assert d[\"schema_version\"]==2\n"
              "assert d[\"regions\"][\"in_use_bytes\"]==262144\n'"
              " %s", path);
     assert_int_equal(system(cmd), 0);
