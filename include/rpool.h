@@ -74,7 +74,12 @@ typedef enum rp_error {
                               vs heap vs arena memory) */
     RP_ERR_CORRUPT,        /* allocator metadata found damaged */
     RP_ERR_INVARIANT,      /* rp_check found a broken invariant */
-    RP_ERR_MISUSE          /* other misuse (destroyed pool, bad arena state) */
+    RP_ERR_MISUSE,         /* other misuse (destroyed pool, bad arena state) */
+    RP_ERR_WARNING         /* not an error: a configuration the pool accepted
+                              but cannot fully honour (e.g. a heap too small
+                              for its worst-case fragmentation bound). Not
+                              counted in rp_stats.errors; strict mode does not
+                              abort for it */
 } rp_error;
 
 /* Called once per detected misuse. `ptr` is the offending pointer (or NULL),

@@ -157,9 +157,10 @@ rp_pool *rp_pool_create(const rp_config *cfg)
         maxr = (size_t)1 << 20;
     size_t live = rpi_heap_guaranteed_live(p, maxr);
     if (p->heap_bytes && live < maxr)
-        fprintf(stderr,
-                "rpool: warning: heap_bytes=%zu guarantees only %zu live bytes under worst-case "
-                "fragmentation for requests up to %zu\n", p->heap_bytes, live, maxr);
+        rpi_report(p, RP_ERR_WARNING, NULL,
+                   "heap_bytes=%zu guarantees only %zu live bytes under worst-case "
+                   "fragmentation for requests up to %zu (docs/HEAP.md)",
+                   p->heap_bytes, live, maxr);
     RP_HIDE_BEGIN();
     pthread_mutex_lock(&registry_lock);
     p->id = next_pool_id++;
@@ -219,6 +220,7 @@ static const char *code_name(rp_error code)
     case RP_ERR_CORRUPT: return "corrupt";
     case RP_ERR_INVARIANT: return "invariant";
     case RP_ERR_MISUSE: return "misuse";
+    case RP_ERR_WARNING: return "warning";
     }
     return "error";
 }
@@ -230,13 +232,14 @@ void rpi_report(rp_pool *p, rp_error code, const void *ptr, const char *fmt, ...
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (p)
+    bool warning = code == RP_ERR_WARNING;
+    if (p && !warning)
         rp_add_relaxed_u64(&p->acct.errors, 1);
     if (p && p->cfg.error_hook)
         p->cfg.error_hook(p->cfg.error_opaque, p, code, ptr, msg);
     else
         fprintf(stderr, "rpool: [%s] %s\n", code_name(code), msg);
-    if (p && p->cfg.strict) {
+    if (p && p->cfg.strict && !warning) {
         fprintf(stderr, "rpool: strict mode: aborting\n");
         abort();
     }

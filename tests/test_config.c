@@ -237,9 +237,39 @@ static void test_config_version(void **state)
     assert_string_equal(rp_version(), RP_VERSION_STRING);
 }
 
+/* The heap's worst-case fragmentation warning goes through the error hook
+ * (not stderr), is not counted as an error, and strict mode does not abort
+ * for it. A big enough heap draws no warning. */
+static void test_config_heap_warning_through_hook(void **state)
+{
+    (void)state;
+    for (int strict = 0; strict < 2; strict++) {
+        rp_errlog log = {0};
+        rp_config c = rp_test_config(&log);
+        c.heap_bytes = 1 * MiB;
+        c.strict = strict;
+        rp_pool *p = rp_pool_create(&c);
+        assert_non_null(p);
+        assert_int_equal(log.count, 1);
+        assert_int_equal(log.last_code, RP_ERR_WARNING);
+        assert_non_null(strstr(log.last_msg, "worst-case fragmentation"));
+        assert_non_null(strstr(log.last_msg, "heap_bytes=1048576"));
+        assert_int_equal(rp_test_stats(p).errors, 0);
+        rp_pool_destroy(p);
+    }
+    rp_errlog log = {0};
+    rp_config c = rp_test_config(&log);
+    c.heap_bytes = 1 * GiB / 2;
+    rp_pool *p = rp_pool_create(&c);
+    assert_non_null(p);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_config_heap_warning_through_hook),
         cmocka_unit_test(test_config_defaults_and_presets_valid),
         cmocka_unit_test(test_config_every_invalid_field_named),
         cmocka_unit_test(test_config_from_env),
