@@ -8,6 +8,9 @@
  *   malloc columns: malloc each object, free them all in allocation order.
  *   rpool:          the calling thread's arena (rp_arena_thread), one
  *                   rp_arena_alloc per object, rp_arena_reset per request.
+ *                   rp_arena_alloc is the inline fast path of rpool.h (an
+ *                   aligned bump in this loop, rp_arena_alloc_slow when a
+ *                   chunk ends), as in any program built against rpool.h.
  *   bump:           an inline bump pointer over a preallocated, pre-touched
  *                   buffer, reset per request: the physical limit (what
  *                   an arena's fast path could at best cost).

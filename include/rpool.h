@@ -30,6 +30,7 @@
  *   rp_arena_thread result          | owned by the calling thread only
  *   rp_arena_create result          | one thread at a time; hand-off needs a
  *                                   | happens-before edge the caller provides
+ *   rp_arena_stats_get              | any thread, while the arena is live
  *   rp_check                        | may run any time; exact only when the
  *                                   | pool is quiescent
  */
@@ -332,8 +333,14 @@ RP_API int rp_stats_get(rp_pool *p, rp_stats *st);
 #define RP_STATS_PROMETHEUS 2
 
 /* Write the stats in one of the formats above through write(opaque, text).
- * Returns 0, or -EINVAL for a bad format. Does not allocate from the pool.
- * Thread-safety: any thread. */
+ * Text and JSON also list each thread that has a shard (its thread arena's
+ * bytes in use, peak and regions, and its region cache) and each explicit
+ * arena (bytes in use, peak, regions, budget), up to 32 of each; the rest
+ * are counted and their arena bytes summed. write is never called while
+ * rpool holds a lock, so it may block or call rpool (not rp_pool_destroy).
+ * Returns 0, or -EINVAL for a bad format. Does not allocate (about 6 KiB of
+ * stack). Thread-safety: any thread. Cost: O(classes + threads + explicit
+ * arenas * 32) plus the writes. */
 RP_API int rp_stats_print(rp_pool *p, rp_write_fn write, void *opaque,
                           int flags);
 
@@ -349,20 +356,90 @@ RP_API rp_arena *rp_arena_thread(rp_pool *p);
 /* Create an explicit arena with its own byte budget (0 = none). Owned by one
  * thread at a time; to hand it to another thread, publish it with a
  * happens-before edge (a mutex, a queue, a release/acquire pair).
- * Returns NULL with errno = ENOMEM iff metadata cannot be allocated. */
+ * Returns NULL with errno = ENOMEM iff metadata cannot be allocated.
+ * Cost: O(1); one region from the pool (lock-free on reuse, may call the
+ * OS), and the pool's arena list lock taken once (uncontended unless stats
+ * are walking the arenas at that moment). */
 RP_API rp_arena *rp_arena_create(rp_pool *p, size_t budget_bytes);
 
 /* Free everything in the arena and the arena itself. NULL is ignored;
- * destroying a thread arena is reported (RP_ERR_MISUSE) and ignored. */
+ * destroying a thread arena is reported (RP_ERR_MISUSE) and ignored.
+ * Cost: O(chunks held), each may call madvise; the arena list lock once. */
 RP_API void rp_arena_destroy(rp_arena *a);
+
+/* The public prefix of every arena: an rp_arena pointer points at its
+ * rp_arena_head, whose two words are all that the inline fast path of
+ * rp_arena_alloc reads; the rest of the arena is private. Only rpool writes
+ * them (its own calls, and the inline fast path on the owner's thread):
+ *   bump   the next free address of the arena's current chunk. The owner
+ *          writes it with relaxed atomic stores, because stats read it from
+ *          other threads (relaxed loads).
+ *   limit  the fast path serves a request iff it ends at or below limit:
+ *          the end of the current chunk, or lower where the arena's budget
+ *          ends first. 0 (every request takes rp_arena_alloc_slow) while the
+ *          arena has no chunk, after it is destroyed, and always in a library
+ *          built with AddressSanitizer, whose slow path unpoisons each block.
+ * Layout: part of the ABI (SONAME librpool.so.0). */
+typedef struct rp_arena_head {
+    uint64_t bump;
+    uint64_t limit;
+} rp_arena_head;
+
+/* Alignments below this take the inline fast path; larger ones (up to
+ * region_max_bytes) are served by rp_arena_alloc_slow. */
+#define RP_ARENA_FAST_ALIGN ((size_t)4096)
 
 /* Bump-allocate size bytes aligned to align (a power of two up to
  * region_max_bytes; 0 means 16). size 0 returns a unique pointer.
- * Returns NULL with errno = EINVAL for a bad alignment; ENOMEM iff the arena
- * budget or the pool refuses (the arena stays usable).
+ * Returns NULL with errno = EINVAL for a bad alignment or a NULL arena; ENOMEM
+ * iff the arena budget or the pool refuses (the arena stays usable).
  * Thread-safety: owner only; no lock and no atomic read-modify-write on the
- * fast path. Cost: O(1); a new chunk may call the OS. */
+ * fast path.
+ * Inline: rpool.h defines a macro rp_arena_alloc(a, size, align) that
+ * expands to the static inline rp_arena_alloc_inline, which does the
+ * aligned bump in the caller on the arena's public prefix (rp_arena_head)
+ * and calls rp_arena_alloc_slow for everything else. This exported function
+ * does the same; it is what (rp_arena_alloc)(...), &rp_arena_alloc, code
+ * compiled with RP_ARENA_NO_INLINE defined, and binaries built against
+ * older headers call.
+ * Cost: O(1); inline, no call on the fast path (11 instructions with
+ * gcc 12 -O2); a new chunk may call the OS. */
 RP_API void *rp_arena_alloc(rp_arena *a, size_t size, size_t align);
+
+/* rp_arena_alloc without its inline fast path: the same contract for every
+ * argument (it also serves requests the fast path could have). Called by
+ * rp_arena_alloc_inline when a request does not fit below limit, for size 0,
+ * alignments of RP_ARENA_FAST_ALIGN and more or invalid ones, and a NULL
+ * arena. Owner only. Cost: O(1); a new chunk may call the OS. */
+RP_API void *rp_arena_alloc_slow(rp_arena *a, size_t size, size_t align);
+
+/* The fast path of rp_arena_alloc, inline in the caller: r = bump rounded up
+ * to align; if r < r + size <= limit, bump = r + size (a relaxed atomic
+ * store) and r is returned; anything else goes to rp_arena_alloc_slow. */
+static inline void *rp_arena_alloc_inline(rp_arena *a, size_t size, size_t align)
+{
+    size_t m = align ? align - 1 : 15;
+    if (__builtin_expect(a != NULL && m < RP_ARENA_FAST_ALIGN && !(m & (m + 1)), 1)) {
+        rp_arena_head *h = (rp_arena_head *)(void *)a;
+        uint64_t r = (h->bump + m) & ~(uint64_t)m;
+        uint64_t end = r + size;
+        /* end > r: size >= 1 and no wrap-around; end <= limit: inside the
+         * current chunk and the arena's budget. */
+        if (__builtin_expect(end > r && end <= h->limit, 1)) {
+            __atomic_store_n(&h->bump, end, __ATOMIC_RELAXED);
+            /* r is inside a chunk, never 0: saying so lets the caller's
+             * NULL check fold away on this path. */
+            if (r == 0)
+                __builtin_unreachable();
+            return (void *)(uintptr_t)r;
+        }
+    }
+    return rp_arena_alloc_slow(a, size, align);
+}
+
+#ifndef RP_ARENA_NO_INLINE
+#define rp_arena_alloc(a, size, align) rp_arena_alloc_inline((a), (size), (align))
+#endif
 
 /* A position in an arena, for nested scratch scopes. */
 typedef struct rp_arena_pos {
@@ -379,6 +456,48 @@ RP_API void rp_arena_rewind(rp_arena *a, rp_arena_pos pos);
 /* Free everything; keep the first chunk warm and return the others to the
  * region pools. Owner only. */
 RP_API void rp_arena_reset(rp_arena *a);
+
+#define RP_ARENA_STATS_VERSION 1
+
+/* One arena's counters (rp_arena_stats_get). Bytes handed out count each
+ * allocation's size plus its alignment padding (size 0 counts 1); the unused
+ * tail of a chunk the arena moved past does not count. */
+typedef struct rp_arena_stats {
+    uint32_t size;          /* sizeof(rp_arena_stats) of the library that filled it */
+    uint32_t version;       /* RP_ARENA_STATS_VERSION */
+    size_t bytes_in_use;    /* bytes handed out now (0 after a reset) */
+    size_t region_bytes;    /* bytes of the regions (chunks) the arena holds */
+    uint64_t regions;       /* regions (chunks) held */
+    size_t peak_bytes;      /* most bytes_in_use has been since the arena was
+                               created (a thread arena: since the thread's
+                               first rp_arena_thread) or rp_arena_peak_reset */
+    size_t budget_bytes;    /* the arena's own budget; 0 = none */
+    uint32_t is_thread_arena; /* 1: from rp_arena_thread; 0: rp_arena_create */
+    uint32_t in_flight;     /* 1: the owner stayed inside a chunk change
+                               through every read; the four counters above
+                               are then 0 (only pool-internal walks report
+                               this; rp_arena_stats_get returns -EAGAIN) */
+} rp_arena_stats;
+
+/* Fill *out (rp_arena_stats: bytes in use, bytes and number of regions
+ * held, peak bytes in use, budget, kind) with a snapshot of a's counters.
+ * bytes_in_use, region_bytes, regions and peak_bytes are read together,
+ * consistent with one moment.
+ * Thread-safety: any thread, while a is live (the caller orders the call
+ * before rp_arena_destroy, or the owner's exit or rp_thread_detach for a
+ * thread arena); the owner is never blocked. Reads only.
+ * Returns 0; -EINVAL iff a or out is NULL or a is marked dead (destroyed
+ * or detached, as far as its memory still shows; reported, RP_ERR_MISUSE);
+ * -EAGAIN iff the owner was changing chunks at every one of 80 tries (the
+ * last 64 after sched_yield), in which case the four counters are 0.
+ * Cost: a few loads and two fences per try; one try unless the owner is in
+ * the middle of taking or returning a chunk. */
+RP_API int rp_arena_stats_get(const rp_arena *a, rp_arena_stats *out);
+
+/* Start a new high-water mark: peak_bytes becomes the current bytes_in_use.
+ * Owner only. A NULL or dead arena is reported (RP_ERR_MISUSE) and ignored.
+ * Cost: O(1). */
+RP_API void rp_arena_peak_reset(rp_arena *a);
 
 /* Return the calling thread's shards of pool p (thread arena, object caches)
  * now instead of at thread exit. The thread arena's memory becomes invalid.

@@ -214,6 +214,9 @@ struct rp_pool {
     uint64_t next_purge_ms;     /* relaxed hint */
     uint64_t rc_cap;            /* per-thread region cache bytes (0: off);
                                    constant after creation */
+    uint32_t rc_on;             /* 1: releases may go to thread caches (0
+                                   in a fork child: no purger there);
+                                   relaxed */
     uint64_t rc_epoch;          /* purger ticks; the purger writes, cache
                                    puts read (relaxed) */
     uint64_t rc_ticks;          /* ticks a cached region must sit before the
@@ -361,6 +364,9 @@ RP_HIDDEN void rpi_region_thread_exit(rp_pool *p, rp_tstate *ts);
  * RP_MAX_CLASSES entries, added to), and cache hits per class (added to
  * hits[]). Lock-free walk of the shards. */
 RP_HIDDEN void rpi_region_cache_stats(rp_pool *p, uint64_t *cached, uint64_t *hits);
+/* Regions and bytes in one shard's region cache. Any thread (relaxed). */
+RP_HIDDEN void rpi_region_cache_shard(const rp_pool *p, rp_tstate *ts, uint64_t *regions,
+                                      uint64_t *bytes);
 RP_HIDDEN void rpi_purger_stop(rp_pool *p);
 
 /* ======================================================================== */
@@ -428,6 +434,21 @@ RP_HIDDEN int rpi_arena_init(rp_pool *p);
 RP_HIDDEN int rpi_arena_check(rp_pool *p);
 RP_HIDDEN void rpi_arena_stats(rp_pool *p, rp_stats *st);
 RP_HIDDEN void rpi_arena_thread_exit(rp_pool *p, rp_tstate *ts);
+/* Visit every thread arena (thread_id = the shard's tid, never 0; shards whose
+ * thread never called rp_arena_thread are skipped) and every live explicit
+ * arena (thread_id = 0) of p: fn(&st, thread_id, arg) once each, st as from
+ * rp_arena_stats_get (in_flight = 1 and the four counters 0 if the owner stayed
+ * inside a chunk event through 16 tries). Thread arenas under the RCU read
+ * lock, explicit arenas under the arena list lock: fn must not block and must
+ * not call rpool. Arenas created/destroyed meanwhile may be missed or seen.
+ * O(threads + explicit arenas). */
+RP_HIDDEN void rpi_arena_foreach(rp_pool *p,
+                                 void (*fn)(const rp_arena_stats *st,
+                                            uint64_t thread_id, void *arg),
+                                 void *arg);
+/* Fork: hold the arena list lock across fork() (last in pool.c's order). */
+RP_HIDDEN void rpi_arena_prefork(rp_pool *p);
+RP_HIDDEN void rpi_arena_postfork(rp_pool *p);
 
 /* ======================================================================== */
 /* pool.c                                                                    */

@@ -7,10 +7,10 @@
  * Lock order (fork prepare takes them all, in this order, with liburcu's
  * fork hooks between the first and the rest; see fork_prepare):
  * registry_lock, then per pool in registry order: threads_lock,
- * carve_lock, meta_lock, the heap lock. No code path takes an earlier lock
- * while holding a later one: thread exit holds registry_lock and then takes
- * threads_lock/carve_lock/meta_lock/heap through detach; nothing takes
- * registry_lock while holding a pool lock.
+ * carve_lock, meta_lock, the heap lock, the arena list lock. No code path
+ * takes an earlier lock while holding a later one: thread exit holds
+ * registry_lock and then takes threads_lock/carve_lock/meta_lock/heap
+ * through detach; nothing takes registry_lock while holding a pool lock.
  */
 #include "internal.h"
 
@@ -59,8 +59,8 @@ void rpi_registry_unlock(void)
  *  2. then quiesce liburcu (call_rcu_before_fork waits for the call_rcu
  *     worker, whose reclaim() takes a pool's threads_lock; urcu_bp_before_fork
  *     takes liburcu's registry mutex);
- *  3. then every pool's threads, carve, meta and heap locks (no code holds
- *     one of these while calling into liburcu).
+ *  3. then every pool's threads, carve, meta, heap and arena list locks (no
+ *     code holds one of these while calling into liburcu).
  * Released in reverse order after the fork. */
 static void fork_prepare(void)
 {
@@ -71,12 +71,14 @@ static void fork_prepare(void)
         rp_mutex_lock(&p->carve_lock);
         rp_mutex_lock(&p->meta_lock);
         rpi_heap_prefork(p);
+        rpi_arena_prefork(p);
     }
 }
 
 static void fork_release(int child)
 {
     for (rp_pool *p = registry; p; p = p->reg_next) {
+        rpi_arena_postfork(p);
         rpi_heap_postfork(p);
         rp_mutex_unlock(&p->meta_lock);
         rp_mutex_unlock(&p->carve_lock);
@@ -86,6 +88,10 @@ static void fork_release(int child)
              * are then purged from within rpool calls (rpi_region_put). */
             p->purger_running = 0;
             rp_store_relaxed_u32(&p->purge_busy, 0);
+            /* No purger, so no new thread-cache entries; the ones there
+             * count as expired at the next purge (from a release). */
+            rp_store_relaxed_u32(&p->rc_on, 0);
+            p->rc_ticks = 0;
         }
     }
     rpi_threads_postfork(child);

@@ -181,7 +181,7 @@ static uint64_t purge_step(const rp_pool *p)
 /* Calling thread's shard for p, or NULL; never creates one. O(1). */
 static inline rp_tstate *cache_shard(rp_pool *p)
 {
-    return p->rc_cap ? rpi_tstate_fast(p) : NULL;
+    return rp_load_relaxed_u32(&p->rc_on) ? rpi_tstate_fast(p) : NULL;
 }
 
 /* Take a cached region of class cls for kind from shard ts, or NULL; *prev
@@ -242,6 +242,7 @@ static int cache_put(rp_pool *p, rp_rdesc *d, unsigned cls, uint32_t *w)
         if (rp_load_relaxed_ptr(slot))
             continue;
         rp_store_relaxed_u32(&d->epoch, (uint32_t)rp_load_relaxed_u64(&p->rc_epoch));
+        rp_hb_release(d); /* pairs with rp_hb_acquire in handed_out(_user) */
         rp_poison(rpi_desc_base(p, d), bytes);
         /* CAS IN_USE -> CACHED: of two racing releasers exactly one wins.
          * Pairs with the CAS or store that made it IN_USE. */
@@ -353,6 +354,18 @@ static void cstat_shard(rp_tstate *ts, void *arg)
             if (rp_load_relaxed_ptr((void *const *)&ts->rcache[k][i]))
                 c->cached[k]++;
     }
+}
+
+void rpi_region_cache_shard(const rp_pool *p, rp_tstate *ts, uint64_t *regions,
+                            uint64_t *bytes)
+{
+    *regions = *bytes = 0;
+    for (unsigned k = 0; k < p->nclasses; k++)
+        for (int i = 0; i < RP_RCACHE_WAYS; i++)
+            if (rp_load_relaxed_ptr((void *const *)&ts->rcache[k][i])) {
+                ++*regions;
+                *bytes += rpi_class_bytes(p, k);
+            }
 }
 
 void rpi_region_cache_stats(rp_pool *p, uint64_t *cached, uint64_t *hits)
@@ -520,8 +533,8 @@ void rpi_region_put(rp_pool *p, rp_rdesc *d)
 {
     uint32_t w = rp_load_relaxed_u32(&d->word);
     unsigned cls = RW_CLS(w);
-    rp_hb_release(d); /* pairs with rp_hb_acquire in handed_out */
     if (p->cfg.purge_delay_ms == 0) {
+        rp_hb_release(d); /* pairs with rp_hb_acquire in handed_out */
         /* CAS IN_USE -> PURGING; we own it (internal caller), cannot fail
          * except on damage. */
         if (!rp_cas_u32(&d->word, &w, RW_MAKE(RS_PURGING, cls, RK_NONE))) {
@@ -543,6 +556,7 @@ void rpi_region_put(rp_pool *p, rp_rdesc *d)
                    "region %p changed state while released", rpi_desc_base(p, d));
         return;
     }
+    rp_hb_release(d); /* pairs with rp_hb_acquire in handed_out */
     uint64_t now = rpi_now_ms();
     rp_store_relaxed_u64(&d->release_ms, now);
     rp_poison(rpi_desc_base(p, d), rpi_class_bytes(p, cls));
@@ -566,7 +580,7 @@ void *rp_region_acquire(rp_pool *p, size_t bytes)
         errno = EINVAL;
         return NULL;
     }
-    if (p->rc_cap) {
+    if (rp_load_relaxed_u32(&p->rc_on)) {
         /* Fast path: this thread's cache. */
         rp_tstate *ts = rpi_tstate_fast(p);
         int c = rpi_class_of(p, bytes);
@@ -639,7 +653,6 @@ void rp_region_release(rp_pool *p, void *region)
     rp_rdesc *d = live_region(p, region, RK_USER, "rp_region_release", true, &w);
     if (!d)
         return;
-    rp_hb_release(d); /* pairs with rp_hb_acquire in handed_out */
     int c = p->cfg.purge_delay_ms ? cache_put(p, d, RW_CLS(w), &w) : 0;
     if (c > 0)
         return;
@@ -823,6 +836,7 @@ int rpi_purger_start(rp_pool *p)
      * before the purger starts (it reads them); constant afterwards. */
     p->rc_ticks = (p->cfg.purge_delay_ms + step - 1) / step + 1;
     p->rc_cap = p->cfg.region_cache_bytes;
+    p->rc_on = p->rc_cap != 0;
     /* The purger must never receive the application's signals (a server
      * that blocks SIGTERM for signalfd would otherwise be killed through
      * this thread): create it with every signal blocked. */
@@ -833,6 +847,7 @@ int rpi_purger_start(rp_pool *p)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
         p->rc_cap = 0; /* no purger: no caches */
+        p->rc_on = 0;
         return -EAGAIN;
     }
     p->purger_running = 1;

@@ -97,7 +97,140 @@ static void outf(struct out *o, const char *fmt, ...)
     o->write(o->opaque, o->buf);
 }
 
-static void print_text(struct out *o, const rp_stats *s)
+/* ---- per-thread and per-arena rows -------------------------------------- */
+
+/* Rows are collected first (the walks hold the RCU read lock or the arena
+ * list lock, under which the user's write callback must not run) into a
+ * bounded stack array; threads and arenas past the bound are summed. */
+#define ROWS_MAX 32
+
+struct trow {
+    uint64_t tid;
+    bool has_arena;
+    rp_arena_stats a;       /* the thread arena, when has_arena */
+    uint64_t rc_regions, rc_bytes; /* region cache */
+};
+
+struct arow {
+    rp_arena_stats a;
+};
+
+struct rows {
+    rp_pool *p;
+    unsigned nt, na;
+    struct trow t[ROWS_MAX];
+    struct arow a[ROWS_MAX];
+    uint64_t more_threads, more_arenas;  /* not listed */
+    uint64_t more_bytes;                 /* their arena bytes in use */
+};
+
+static void row_thread(rp_tstate *ts, void *arg)
+{
+    struct rows *r = arg;
+    if (r->nt == ROWS_MAX) {
+        r->more_threads++;
+        return;
+    }
+    struct trow *t = &r->t[r->nt++];
+    memset(t, 0, sizeof *t);
+    t->tid = rp_load_relaxed_u64(&ts->tid);
+    rpi_region_cache_shard(r->p, ts, &t->rc_regions, &t->rc_bytes);
+}
+
+static void row_arena(const rp_arena_stats *st, uint64_t tid, void *arg)
+{
+    struct rows *r = arg;
+    if (tid) {
+        for (unsigned i = 0; i < r->nt; i++)
+            if (r->t[i].tid == tid) {
+                r->t[i].has_arena = true;
+                r->t[i].a = *st;
+                return;
+            }
+        r->more_bytes += st->bytes_in_use; /* a thread not listed */
+        return;
+    }
+    if (r->na == ROWS_MAX) {
+        r->more_arenas++;
+        r->more_bytes += st->bytes_in_use;
+        return;
+    }
+    r->a[r->na++].a = *st;
+}
+
+/* Collect the rows of p. O(threads + explicit arenas * ROWS_MAX). */
+static void rows_collect(rp_pool *p, struct rows *r)
+{
+    r->p = p;
+    r->nt = r->na = 0;
+    r->more_threads = r->more_arenas = r->more_bytes = 0;
+    rpi_threads_foreach(p, row_thread, r);
+    rpi_arena_foreach(p, row_arena, r);
+}
+
+static void print_rows_text(struct out *o, const struct rows *r)
+{
+    outf(o, "threads (%u listed):\n", r->nt);
+    for (unsigned i = 0; i < r->nt; i++) {
+        const struct trow *t = &r->t[i];
+        if (t->has_arena && t->a.in_flight)
+            outf(o, "  thread %" PRIu64 ": arena in flight (changing chunks)", t->tid);
+        else if (t->has_arena)
+            outf(o, "  thread %" PRIu64 ": arena in use %zu, peak %zu, %" PRIu64
+                    " regions (%zu bytes)", t->tid, t->a.bytes_in_use, t->a.peak_bytes,
+                 t->a.regions, t->a.region_bytes);
+        else
+            outf(o, "  thread %" PRIu64 ": no arena", t->tid);
+        outf(o, "; region cache %" PRIu64 " regions (%" PRIu64 " bytes)\n", t->rc_regions,
+             t->rc_bytes);
+    }
+    if (r->more_threads)
+        outf(o, "  ... %" PRIu64 " more threads\n", r->more_threads);
+    outf(o, "explicit arenas (%u listed):\n", r->na);
+    for (unsigned i = 0; i < r->na; i++) {
+        const rp_arena_stats *a = &r->a[i].a;
+        if (a->in_flight)
+            outf(o, "  arena %u: in flight (changing chunks)\n", i + 1);
+        else
+            outf(o, "  arena %u: in use %zu, peak %zu, %" PRIu64 " regions (%zu bytes), budget %zu\n",
+                 i + 1, a->bytes_in_use, a->peak_bytes, a->regions, a->region_bytes,
+                 a->budget_bytes);
+    }
+    if (r->more_arenas)
+        outf(o, "  ... %" PRIu64 " more arenas\n", r->more_arenas);
+    if (r->more_threads || r->more_arenas)
+        outf(o, "  (unlisted arenas hold %" PRIu64 " bytes in use)\n", r->more_bytes);
+}
+
+static void print_rows_json(struct out *o, const struct rows *r)
+{
+    outf(o, "\"thread_list\":[");
+    for (unsigned i = 0; i < r->nt; i++) {
+        const struct trow *t = &r->t[i];
+        outf(o, "%s{\"tid\":%" PRIu64 ",\"region_cache_regions\":%" PRIu64
+                ",\"region_cache_bytes\":%" PRIu64, i ? "," : "", t->tid, t->rc_regions,
+             t->rc_bytes);
+        if (t->has_arena)
+            outf(o, ",\"arena\":{\"in_flight\":%s,\"bytes_in_use\":%zu,\"peak_bytes\":%zu,"
+                    "\"regions\":%" PRIu64 ",\"region_bytes\":%zu}",
+                 t->a.in_flight ? "true" : "false", t->a.bytes_in_use, t->a.peak_bytes,
+                 t->a.regions, t->a.region_bytes);
+        outf(o, "}");
+    }
+    outf(o, "],\"arena_list\":[");
+    for (unsigned i = 0; i < r->na; i++) {
+        const rp_arena_stats *a = &r->a[i].a;
+        outf(o, "%s{\"in_flight\":%s,\"bytes_in_use\":%zu,\"peak_bytes\":%zu,\"regions\":%" PRIu64
+                ",\"region_bytes\":%zu,\"budget_bytes\":%zu}",
+             i ? "," : "", a->in_flight ? "true" : "false", a->bytes_in_use, a->peak_bytes,
+             a->regions, a->region_bytes, a->budget_bytes);
+    }
+    outf(o, "],\"threads_unlisted\":%" PRIu64 ",\"arenas_unlisted\":%" PRIu64
+            ",\"unlisted_arena_bytes\":%" PRIu64 ",",
+         r->more_threads, r->more_arenas, r->more_bytes);
+}
+
+static void print_text(struct out *o, const rp_stats *s, const struct rows *r)
 {
     size_t in_use = s->region_in_use_bytes, dirty = s->region_dirty_bytes;
     size_t heap_p = s->heap_physical_bytes, meta = s->metadata_bytes;
@@ -136,12 +269,13 @@ static void print_text(struct out *o, const rp_stats *s)
          s->heap_guaranteed_live_bytes);
     outf(o, "objects: %zu bytes; arenas: %zu bytes; threads: %" PRIu64 "\n", s->slab_bytes,
          s->arena_bytes, s->threads);
+    print_rows_text(o, r);
     outf(o, "failures: virtual %" PRIu64 " physical %" PRIu64 " os %" PRIu64 " other %" PRIu64
             "; misuse reports %" PRIu64 "\n",
          s->fail_virtual, s->fail_physical, s->fail_os, s->fail_other, s->errors);
 }
 
-static void print_json(struct out *o, const rp_stats *s)
+static void print_json(struct out *o, const rp_stats *s, const struct rows *r)
 {
     outf(o, "{\"schema_version\":%u,\"library_version\":\"%s\",", s->version, RP_VERSION_STRING);
     outf(o, "\"reserved_bytes\":%zu,\"virtual_bytes\":%zu,\"physical_bytes\":%zu,"
@@ -172,6 +306,7 @@ static void print_json(struct out *o, const rp_stats *s)
          s->heap_capacity_bytes, s->heap_committed_bytes, s->heap_physical_bytes,
          s->heap_allocated_bytes, s->heap_peak_allocated_bytes, s->heap_largest_request,
          s->heap_oom_count, s->heap_guaranteed_live_bytes);
+    print_rows_json(o, r);
     outf(o, "\"slab_bytes\":%zu,\"arena_bytes\":%zu,\"threads\":%" PRIu64 ","
             "\"failures\":{\"virtual\":%" PRIu64 ",\"physical\":%" PRIu64 ",\"os\":%" PRIu64
             ",\"other\":%" PRIu64 "},\"misuse_reports\":%" PRIu64 "}\n",
@@ -239,11 +374,14 @@ int rp_stats_print(rp_pool *p, rp_write_fn write, void *opaque, int flags)
     rp_stats s;
     rp_stats_get(p, &s);
     struct out o = {.write = write, .opaque = opaque};
+    struct rows r;
+    if (flags != RP_STATS_PROMETHEUS)
+        rows_collect(p, &r);
     if (flags == RP_STATS_JSON)
-        print_json(&o, &s);
+        print_json(&o, &s, &r);
     else if (flags == RP_STATS_PROMETHEUS)
         print_prometheus(&o, &s);
     else
-        print_text(&o, &s);
+        print_text(&o, &s, &r);
     return 0;
 }

@@ -1134,6 +1134,470 @@ static void test_arena_check_detects_damaged_chain(void **state)
     rp_pool_destroy(p);
 }
 
+/* ---- the inline fast path (rpool.h) ----------------------------------------------- */
+
+/* The iterator over a pool's arenas; declared in src/internal.h once it
+ * moves there (a compatible redeclaration is harmless). */
+void rpi_arena_foreach(rp_pool *p,
+                       void (*fn)(const rp_arena_stats *st, uint64_t thread_id,
+                                  void *arg),
+                       void *arg);
+
+typedef void *(*alloc_call)(rp_arena *a, size_t size, size_t align);
+
+/* The three ways in: the header's inline path (the macro), the exported
+ * function (its address, so no macro), and the exported slow path. */
+static void *call_inline(rp_arena *a, size_t size, size_t align)
+{
+    return rp_arena_alloc(a, size, align);
+}
+
+static void *call_by_name(rp_arena *a, size_t size, size_t align)
+{
+    return (rp_arena_alloc)(a, size, align);
+}
+
+static const alloc_call call_styles[] = {call_inline, call_by_name, rp_arena_alloc,
+                                         rp_arena_alloc_slow};
+#define NSTYLES ((int)(sizeof call_styles / sizeof call_styles[0]))
+
+/* One step of a deterministic mixed sequence: most requests small and
+ * fast-path aligned; some size 0, page-aligned or larger, invalid, or too
+ * large for any region. */
+static void mixed_request(uint64_t *seed, size_t *size, size_t *align)
+{
+    uint64_t r = rnd(seed);
+    static const size_t aligns[] = {0, 1, 2, 8, 16, 64, 2048, 4096, 8192, 3};
+    *align = aligns[r % 10 < 7 ? r % 6 : (r >> 8) % 10];
+    switch ((r >> 16) % 40) {
+    case 0: *size = 0; break;
+    case 1: *size = 40 * KiB + (r >> 24) % 1000; break; /* often a new chunk */
+    case 2: *size = (size_t)300 * KiB; break;           /* a dedicated region */
+    case 3: *size = 5 * MiB; break;                     /* fits no region */
+    default: *size = 1 + (size_t)((r >> 24) % 3000); break;
+    }
+}
+
+/* Two pools driven by the same sequence, one through the inline path only,
+ * the other cycling through every call style: the same blocks (offsets in
+ * their chunks), the same failures and errno, the same counters. */
+static void test_arena_inline_and_out_of_line_calls_interleave(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *pools[2] = {mkpool(&log), mkpool(&log)};
+    for (int kind = 0; kind < 3; kind++) {
+        rp_arena *arenas[2];
+        for (int k = 0; k < 2; k++)
+            arenas[k] = kind == 0 ? rp_arena_thread(pools[k])
+                                  : rp_arena_create(pools[k], kind == 2 ? 200 * KiB : 0);
+        uint64_t seeds[2] = {0x1234 + (uint64_t)kind, 0x1234 + (uint64_t)kind};
+        for (int i = 0; i < 20000; i++) {
+            void *got[2];
+            int err[2];
+            size_t size = 0, align = 0;
+            for (int k = 0; k < 2; k++) {
+                mixed_request(&seeds[k], &size, &align);
+                alloc_call f = k == 0 ? call_inline : call_styles[i % NSTYLES];
+                errno = 0;
+                got[k] = f(arenas[k], size, align);
+                err[k] = errno;
+                if (got[k]) {
+                    size_t a = align ? align : 16;
+                    assert_int_equal((uintptr_t)got[k] % a, 0);
+                    if (size)
+                        memset(got[k], (int)(i & 0xff), size < 64 ? size : 64);
+                }
+            }
+            if ((got[0] == NULL) != (got[1] == NULL) || err[0] != err[1])
+                fail_msg("step %d (kind %d, size %zu, align %zu): %p/%d vs %p/%d", i,
+                         kind, size, align, got[0], err[0], got[1], err[1]);
+            rp_arena_pos m0 = rp_arena_mark(arenas[0]), m1 = rp_arena_mark(arenas[1]);
+            assert_int_equal(m0.offset & 0xffffffffu, m1.offset & 0xffffffffu);
+            if (got[0])
+                assert_int_equal((uintptr_t)got[0] - (uintptr_t)m0.chunk,
+                                 (uintptr_t)got[1] - (uintptr_t)m1.chunk);
+            if (i % 997 == 996) {
+                rp_arena_reset(arenas[0]);
+                rp_arena_reset(arenas[1]);
+            }
+        }
+        rp_stats s0 = rp_test_stats(pools[0]), s1 = rp_test_stats(pools[1]);
+        assert_int_equal(s0.fail_other, s1.fail_other);
+        assert_int_equal(s0.region_in_use_bytes, s1.region_in_use_bytes);
+        assert_int_equal(s0.arena_bytes, s1.arena_bytes);
+        assert_true(s0.fail_other > 0);
+        for (int k = 0; k < 2; k++) {
+            assert_int_equal(rp_check(pools[k]), 0);
+            if (kind)
+                rp_arena_destroy(arenas[k]);
+        }
+    }
+    /* A NULL arena: EINVAL from every style, nothing counted. */
+    for (int k = 0; k < NSTYLES; k++) {
+        errno = 0;
+        assert_null(call_styles[k](NULL, 16, 16));
+        assert_int_equal(errno, EINVAL);
+    }
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(pools[0]);
+    rp_pool_destroy(pools[1]);
+}
+
+/* The public prefix is the arena's own state: the inline path bumps it,
+ * the library's calls see that, and the library keeps limit honest (0 in
+ * an ASan build, so that the slow path poisons and unpoisons). */
+static void test_arena_inline_head_is_the_arena_prefix(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = mkpool(&log);
+    rp_arena *t = rp_arena_thread(p);
+    const rp_arena_head *h = (const rp_arena_head *)(const void *)t;
+    assert_int_equal(h->bump, 0); /* no chunk yet: the inline path misses */
+    assert_int_equal(h->limit, 0);
+    char *x = rp_arena_alloc(t, 100, 16);
+    assert_non_null(x);
+    assert_int_equal(h->bump, (uintptr_t)x + 100);
+    if (RP_ASAN) {
+        assert_int_equal(h->limit, 0);
+    } else {
+        rp_rdesc *d = rpi_desc_lookup(p, x);
+        assert_true(h->limit > h->bump);
+        assert_int_equal(h->limit, (uintptr_t)rpi_desc_base(p, d) + rpi_desc_bytes(p, d));
+    }
+    /* Out-of-line calls continue from the inline bump and vice versa. */
+    char *y = (rp_arena_alloc)(t, 10, 16);
+    assert_ptr_equal(y, x + 112);
+    char *z = rp_arena_alloc(t, 1, 1);
+    assert_ptr_equal(z, y + 10);
+    char *w = rp_arena_alloc_slow(t, 8, 8);
+    assert_ptr_equal(w, z + 6); /* 123 rounded up to 128 */
+    assert_int_equal(rp_test_stats(p).arena_bytes, 128 + 8);
+    /* A budget ends the fast path where the budget ends. */
+    rp_arena *e = rp_arena_create(p, 1000);
+    const rp_arena_head *eh = (const rp_arena_head *)(const void *)e;
+    char *first = rp_arena_alloc(e, 1, 1);
+    assert_non_null(first);
+    if (!RP_ASAN)
+        assert_int_equal(eh->limit, (uintptr_t)first + 1000);
+    assert_non_null(rp_arena_alloc(e, 999, 1));
+    errno = 0;
+    assert_null(rp_arena_alloc(e, 1, 1));
+    assert_int_equal(errno, ENOMEM);
+    rp_arena_reset(e);
+    assert_ptr_equal(rp_arena_alloc(e, 1000, 1), first);
+#if RP_ASAN
+    /* Every block is unpoisoned exactly (to ASan's 8-byte granule) and the
+     * room after it stays poisoned. */
+    rp_arena_reset(t);
+    char *q = rp_arena_alloc(t, 64, 16);
+    assert_int_equal(__asan_region_is_poisoned(q, 64), NULL);
+    assert_ptr_equal(__asan_region_is_poisoned(q, 72), q + 64);
+#endif
+    rp_arena_destroy(e);
+    assert_int_equal(rp_check(p), 0);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(p);
+}
+
+/* ---- per-arena stats ------------------------------------------------------------------ */
+
+static void test_arena_stats_get_reports_one_arena(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = mkpool(&log);
+    rp_arena_stats st;
+    assert_int_equal(rp_arena_stats_get(NULL, &st), -EINVAL);
+    rp_arena *t = rp_arena_thread(p);
+    assert_int_equal(rp_arena_stats_get(t, NULL), -EINVAL);
+    /* A fresh thread arena: nothing yet. */
+    assert_int_equal(rp_arena_stats_get(t, &st), 0);
+    assert_int_equal(st.size, sizeof st);
+    assert_int_equal(st.version, RP_ARENA_STATS_VERSION);
+    assert_int_equal(st.is_thread_arena, 1);
+    assert_int_equal(st.bytes_in_use, 0);
+    assert_int_equal(st.regions, 0);
+    assert_int_equal(st.region_bytes, 0);
+    assert_int_equal(st.peak_bytes, 0);
+    assert_int_equal(st.budget_bytes, 0);
+    assert_int_equal(st.in_flight, 0);
+    /* N bytes over three chunks (64 + 128 + 256 KiB): 1000-byte blocks,
+     * 8-aligned, so no padding; chunk tails do not count. */
+    const size_t n = 300 * 1000;
+    for (int i = 0; i < 300; i++)
+        assert_non_null(rp_arena_alloc(t, 1000, 8));
+    assert_int_equal(rp_arena_stats_get(t, &st), 0);
+    assert_int_equal(st.bytes_in_use, n);
+    assert_int_equal(st.regions, 3);
+    assert_int_equal(st.region_bytes, (64 + 128 + 256) * KiB);
+    assert_int_equal(st.peak_bytes, n);
+    rp_arena_reset(t);
+    assert_int_equal(rp_arena_stats_get(t, &st), 0);
+    assert_int_equal(st.bytes_in_use, 0);
+    assert_true(st.peak_bytes >= n);
+    assert_int_equal(st.peak_bytes, n);
+    assert_int_equal(st.regions, 1);
+    assert_int_equal(st.region_bytes, 64 * KiB);
+    /* A smaller cycle leaves the mark; a peak reset starts a new one. */
+    assert_non_null(rp_arena_alloc(t, 5000, 16));
+    assert_int_equal(rp_arena_stats_get(t, &st), 0);
+    assert_int_equal(st.bytes_in_use, 5000);
+    assert_int_equal(st.peak_bytes, n);
+    rp_arena_peak_reset(t);
+    assert_int_equal(rp_arena_stats_get(t, &st), 0);
+    assert_int_equal(st.peak_bytes, 5000);
+    assert_non_null(rp_arena_alloc(t, 3000, 8)); /* peak follows use live */
+    assert_int_equal(rp_arena_stats_get(t, &st), 0);
+    assert_int_equal(st.peak_bytes, 8000);
+    /* Explicit arena: exact per arena (unlike rp_stats.arena_bytes, which
+     * counts explicit arenas at chunk events only), with its budget. */
+    rp_arena *e = rp_arena_create(p, 100 * KiB);
+    assert_int_equal(rp_arena_stats_get(e, &st), 0);
+    assert_int_equal(st.is_thread_arena, 0);
+    assert_int_equal(st.budget_bytes, 100 * KiB);
+    assert_int_equal(st.bytes_in_use, 0);
+    assert_int_equal(st.regions, 1);
+    assert_int_equal(st.region_bytes, 64 * KiB);
+    assert_non_null(rp_arena_alloc(e, 1000, 16));
+    rp_arena_pos m = rp_arena_mark(e);
+    assert_non_null(rp_arena_alloc(e, 70 * KiB, 16)); /* a second chunk */
+    assert_int_equal(rp_arena_stats_get(e, &st), 0);
+    assert_int_equal(st.bytes_in_use, 1000 + 70 * KiB);
+    assert_int_equal(st.regions, 2);
+    assert_int_equal(st.region_bytes, (64 + 128) * KiB);
+    rp_arena_rewind(e, m);
+    assert_int_equal(rp_arena_stats_get(e, &st), 0);
+    assert_int_equal(st.bytes_in_use, 1000);
+    assert_int_equal(st.regions, 1);
+    assert_int_equal(st.peak_bytes, 1000 + 70 * KiB);
+    assert_int_equal(rp_test_stats(p).arena_bytes, 8000); /* e not counted yet */
+    rp_arena_destroy(e);
+    assert_int_equal(log.count, 0);
+    /* A detached thread arena is no live arena (its shard memory stays
+     * mapped, so the call can tell): -EINVAL, reported like every call on
+     * a dead arena (on stderr: a dead arena's pool cannot be trusted, so
+     * not through this pool's hook). */
+    assert_int_equal(rp_thread_detach(p), 0);
+    assert_int_equal(rp_arena_stats_get(t, &st), -EINVAL);
+    assert_int_equal(log.count, 0);
+    assert_int_equal(rp_check(p), 0);
+    rp_pool_destroy(p);
+}
+
+/* What the iterator saw, by kind. */
+struct seen {
+    int threads, explicits, in_flight, bad;
+    uint64_t tids[8];
+    size_t budgets[8];
+    size_t thread_bytes, explicit_bytes;
+};
+
+static void collect(const rp_arena_stats *st, uint64_t tid, void *arg)
+{
+    struct seen *s = arg;
+    if (st->size != sizeof *st || st->version != RP_ARENA_STATS_VERSION ||
+        st->is_thread_arena != (tid != 0))
+        s->bad++;
+    if (st->in_flight) {
+        s->in_flight++;
+        return;
+    }
+    if (tid) {
+        if (s->threads < 8)
+            s->tids[s->threads] = tid;
+        s->threads++;
+        s->thread_bytes += st->bytes_in_use;
+    } else {
+        if (s->explicits < 8)
+            s->budgets[s->explicits] = st->budget_bytes;
+        s->explicits++;
+        s->explicit_bytes += st->bytes_in_use;
+    }
+}
+
+struct parked {
+    rp_pool *p;
+    size_t bytes;   /* to allocate from the thread arena; 0: none */
+    int use_arena;  /* 0: only rp_alloc (a shard, no arena) */
+    pthread_barrier_t *ready, *done;
+};
+
+static void *parked_thread(void *arg)
+{
+    struct parked *k = arg;
+    void *obj = rp_alloc(k->p, 64); /* a shard in every case */
+    if (k->use_arena) {
+        rp_arena *a = rp_arena_thread(k->p);
+        if (k->bytes)
+            (void)rp_arena_alloc(a, k->bytes, 16);
+    }
+    pthread_barrier_wait(k->ready);
+    pthread_barrier_wait(k->done); /* main iterates meanwhile */
+    rp_free(k->p, obj);
+    return NULL;
+}
+
+static void test_arena_foreach_visits_thread_and_explicit_arenas(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = mkpool(&log);
+    pthread_barrier_t ready, done;
+    pthread_barrier_init(&ready, NULL, 4);
+    pthread_barrier_init(&done, NULL, 4);
+    struct parked ks[3] = {{p, 3000, 1, &ready, &done},
+                           {p, 0, 1, &ready, &done},  /* asked, never used */
+                           {p, 0, 0, &ready, &done}}; /* no arena at all */
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, parked_thread, &ks[i]), 0);
+    assert_non_null(rp_arena_alloc(rp_arena_thread(p), 500, 16));
+    rp_arena *e[3];
+    for (int i = 0; i < 3; i++) {
+        e[i] = rp_arena_create(p, (size_t)(i + 1) * 10000);
+        assert_non_null(rp_arena_alloc(e[i], (size_t)(i + 1) * 100, 1));
+    }
+    pthread_barrier_wait(&ready);
+    struct seen s = {0};
+    rpi_arena_foreach(p, collect, &s);
+    assert_int_equal(s.bad, 0);
+    assert_int_equal(s.in_flight, 0);
+    assert_int_equal(s.threads, 3); /* main, the user and the idle asker */
+    assert_true(s.tids[0] != s.tids[1] && s.tids[1] != s.tids[2] &&
+                s.tids[0] != s.tids[2]);
+    assert_int_equal(s.thread_bytes, 500 + 3000);
+    assert_int_equal(s.explicits, 3);
+    assert_int_equal(s.explicit_bytes, 100 + 200 + 300);
+    size_t bsum = s.budgets[0] + s.budgets[1] + s.budgets[2];
+    assert_int_equal(bsum, 60000);
+    /* A destroyed arena is gone from the next walk. */
+    rp_arena_destroy(e[1]);
+    memset(&s, 0, sizeof s);
+    rpi_arena_foreach(p, collect, &s);
+    assert_int_equal(s.explicits, 2);
+    assert_int_equal(s.explicit_bytes, 100 + 300);
+    assert_int_equal(s.budgets[0] + s.budgets[1], 40000);
+    pthread_barrier_wait(&done);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+    rp_arena_destroy(e[0]);
+    rp_arena_destroy(e[2]);
+    memset(&s, 0, sizeof s);
+    rpi_arena_foreach(p, collect, &s);
+    assert_int_equal(s.explicits, 0);
+    assert_int_equal(rp_check(p), 0);
+    assert_int_equal(log.count, 0);
+    pthread_barrier_destroy(&ready);
+    pthread_barrier_destroy(&done);
+    rp_pool_destroy(p);
+}
+
+/* One thread creates, uses and destroys explicit arenas, resets its thread
+ * arena and works a long-lived arena, while another walks every arena and
+ * reads the long-lived one's stats: every snapshot plausible, and under
+ * TSan no report (the test's own code, inline fast path included, is
+ * instrumented). */
+struct churn2 {
+    rp_pool *p;
+    rp_arena *keep;  /* owned by the worker; read by the reader */
+    int stop;        /* atomic */
+    int bad;         /* atomic */
+    int walks;       /* reader only */
+};
+
+#define CHURN_BUDGET_A ((size_t)1 << 20)
+#define CHURN_BUDGET_B ((size_t)3 << 20)
+
+static void check_snapshot(const rp_arena_stats *st, uint64_t tid, void *arg)
+{
+    struct churn2 *c = arg;
+    int bad = 0;
+    if (st->in_flight)
+        return;
+    bad |= st->bytes_in_use > st->region_bytes;
+    bad |= st->peak_bytes < st->bytes_in_use;
+    bad |= st->region_bytes < st->regions * 64 * KiB;
+    bad |= st->region_bytes > 64 * MiB;
+    if (tid == 0) {
+        bad |= st->regions < 1;
+        bad |= st->budget_bytes != CHURN_BUDGET_A && st->budget_bytes != CHURN_BUDGET_B;
+        bad |= st->bytes_in_use > st->budget_bytes;
+    }
+    if (bad)
+        __atomic_fetch_add(&c->bad, 1, __ATOMIC_RELAXED);
+}
+
+static void *churn2_worker(void *arg)
+{
+    struct churn2 *c = arg;
+    rp_arena *t = rp_arena_thread(c->p);
+    uint64_t seed = 77;
+    for (int i = 0; i < (RP_TSAN ? 1500 : 10000); i++) {
+        rp_arena *a = rp_arena_create(c->p, CHURN_BUDGET_A);
+        if (!a) {
+            __atomic_fetch_add(&c->bad, 1, __ATOMIC_RELAXED);
+            break;
+        }
+        int n = 1 + (int)(rnd(&seed) % 80);
+        for (int j = 0; j < n; j++) {
+            size_t sz = 1 + (size_t)(rnd(&seed) % 4000);
+            char *q = rp_arena_alloc(a, sz, 16);
+            char *r = rp_arena_alloc(t, sz, 0);
+            char *s = rp_arena_alloc(c->keep, sz, 64);
+            if (!q || !r || !s) {
+                __atomic_fetch_add(&c->bad, 1, __ATOMIC_RELAXED);
+                break;
+            }
+            q[sz - 1] = r[sz - 1] = s[sz - 1] = 1;
+        }
+        if (i % 3 == 0)
+            rp_arena_reset(a);
+        rp_arena_destroy(a);
+        rp_arena_reset(t);
+        if (i % 5 == 0)
+            rp_arena_reset(c->keep);
+    }
+    __atomic_store_n(&c->stop, 1, __ATOMIC_RELAXED);
+    return NULL;
+}
+
+static void test_arena_stats_walk_while_arenas_come_and_go(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    struct churn2 c = {.p = mkpool(&log)};
+    c.keep = rp_arena_create(c.p, CHURN_BUDGET_B);
+    assert_non_null(c.keep);
+    pthread_t w;
+    assert_int_equal(pthread_create(&w, NULL, churn2_worker, &c), 0);
+    while (!__atomic_load_n(&c.stop, __ATOMIC_RELAXED)) {
+        rpi_arena_foreach(c.p, check_snapshot, &c);
+        rp_arena_stats st;
+        int rc = rp_arena_stats_get(c.keep, &st);
+        if (rc == 0)
+            check_snapshot(&st, 0, &c);
+        else if (rc != -EAGAIN)
+            c.bad++;
+        rp_stats s;
+        if (rp_stats_get(c.p, &s) != 0 || s.arena_bytes > 64 * MiB)
+            c.bad++;
+        c.walks++;
+    }
+    assert_int_equal(pthread_join(w, NULL), 0);
+    assert_int_equal(__atomic_load_n(&c.bad, __ATOMIC_RELAXED), 0);
+    assert_true(c.walks > 0);
+    rp_arena_stats st;
+    assert_int_equal(rp_arena_stats_get(c.keep, &st), 0);
+    assert_true(st.peak_bytes > 0);
+    print_message("  %d walks while the worker ran\n", c.walks);
+    rp_arena_destroy(c.keep);
+    assert_int_equal(rp_check(c.p), 0);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(c.p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1158,6 +1622,11 @@ int main(void)
         cmocka_unit_test(test_arena_chunks_grow_and_large_requests_get_own_region),
         cmocka_unit_test(test_arena_stats_count_bytes_handed_out),
         cmocka_unit_test(test_arena_check_detects_damaged_chain),
+        cmocka_unit_test(test_arena_inline_and_out_of_line_calls_interleave),
+        cmocka_unit_test(test_arena_inline_head_is_the_arena_prefix),
+        cmocka_unit_test(test_arena_stats_get_reports_one_arena),
+        cmocka_unit_test(test_arena_foreach_visits_thread_and_explicit_arenas),
+        cmocka_unit_test(test_arena_stats_walk_while_arenas_come_and_go),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -191,6 +191,11 @@ static void test_stats_formats(void **state)
     rp_pool *p = rp_pool_create(&c);
     void *r = rp_region_acquire(p, 256 * KiB);
     assert_non_null(r);
+    /* A thread arena and an explicit arena to list. */
+    assert_non_null(rp_arena_alloc(rp_arena_thread(p), 1000, 0));
+    rp_arena *ea = rp_arena_create(p, 1 * MiB);
+    assert_non_null(ea);
+    assert_non_null(rp_arena_alloc(ea, 5000, 0));
     struct sink s = {.len = 0};
     assert_int_equal(rp_stats_print(p, sink_write, &s, RP_STATS_JSON), 0);
     char path[] = "/tmp/rpool-json-XXXXXX";
@@ -198,7 +203,7 @@ static void test_stats_formats(void **state)
     assert_true(fd >= 0);
     assert_int_equal(write(fd, s.buf, s.len), (ssize_t)s.len);
     close(fd);
-    char cmd[512];
+    char cmd[1024];
     snprintf(cmd, sizeof cmd,
              "python3 -c 'import json,sys\n"
              "def nodup(pairs):\n"
@@ -207,7 +212,13 @@ static void test_stats_formats(void **state)
              "    return dict(pairs)\n"
              "d=json.load(open(sys.argv[1]), object_pairs_hook=nodup)\n"
              "assert d[\"schema_version\"]==2\n"
-             "assert d[\"regions\"][\"in_use_bytes\"]==262144\n'"
+             "t=d[\"thread_list\"]\n"
+             "assert len(t)==1 and t[0][\"arena\"][\"bytes_in_use\"]==1000, t\n"
+             "a=d[\"arena_list\"]\n"
+             "assert len(a)==1 and a[0][\"bytes_in_use\"]==5000 and a[0][\"budget_bytes\"]==1048576, a\n"
+             "u=262144+t[0][\"arena\"][\"region_bytes\"]+a[0][\"region_bytes\"]\n"
+             "assert d[\"regions\"][\"in_use_bytes\"]==u, (d[\"regions\"], u)\n"
+             "assert d[\"threads_unlisted\"]==0 and d[\"arenas_unlisted\"]==0\n'"
              " %s", path);
     assert_int_equal(system(cmd), 0);
     unlink(path);
@@ -221,12 +232,17 @@ static void test_stats_formats(void **state)
     assert_int_equal(rp_stats_print(p, sink_write, &s, RP_STATS_TEXT), 0);
     assert_non_null(strstr(s.buf, "reconciliation"));
     assert_null(strstr(s.buf, "MISMATCH"));
+    assert_non_null(strstr(s.buf, "threads (1 listed):\n  thread "));
+    assert_non_null(strstr(s.buf, ": arena in use 1000, peak 1000, 1 regions ("));
+    assert_non_null(strstr(s.buf, "explicit arenas (1 listed):\n  arena 1: in use 5000, peak 5000, "));
+    assert_non_null(strstr(s.buf, "budget 1048576\n"));
     assert_int_equal(rp_stats_print(p, sink_write, &s, 42), -EINVAL);
     rp_stats st;
     assert_int_equal(rp_stats_get(p, &st), 0);
     assert_int_equal(st.size, sizeof st);
     assert_int_equal(st.version, RP_STATS_VERSION);
     assert_int_equal(rp_stats_get(NULL, &st), -EINVAL);
+    rp_arena_destroy(ea);
     rp_region_release(p, r);
     rp_pool_destroy(p);
 }

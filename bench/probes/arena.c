@@ -9,7 +9,8 @@ int main(int argc, char **argv)
         rp_config_init(&c);
         rp_pool *p = rp_pool_create(&c);
         rp_arena *a = rp_arena_thread(p);
-        (void)rp_arena_alloc(a, 64, 0);
+        (void)rp_arena_alloc(a, 64, 0);   /* inline: rp_arena_alloc_slow */
+        (void)(rp_arena_alloc)(a, 64, 0); /* the exported function */
         rp_arena_reset(a);
         rp_pool_destroy(p);
     }
