@@ -14,29 +14,64 @@
  * frees; the malloc columns have no capacity and simply hold the same live
  * set.
  *
- * The heap is first filled (untimed) to the target; then `ops` operations
- * run, each timed on its own with the TSC: while the fill is under the target
- * allocate a new block (and write its first word), otherwise free a random
- * live block. A failed allocation is counted and followed by a free, so the
- * run keeps moving at full fill. Reported: p50 / p99 / p99.9 / max ns per
- * operation, ns/op over the whole run, failures, the fill at the end and the
- * timer's own cost (an empty timed interval) measured in the same process.
- * With threads > 1 (workload 7) each thread keeps target/threads live and
- * does ops/threads operations; latencies of all threads are pooled.
+ * What is timed, and what is not. The program using a heap writes the memory
+ * it gets: every allocated block is touched, one write in every page it
+ * overlaps (in the untimed fill too). That first touch is the user's cost,
+ * not the allocator's, so it is timed on its own (touch_*), and the
+ * allocator's numbers (op_*, alloc_*, free_*) are the allocation or free call
+ * alone, each bracketed by two TSC reads. A page fault the allocator takes
+ * inside its call (a header written into a page it had given back) stays in
+ * the allocator's numbers; a fault on the block's own pages when the user
+ * first writes them shows in touch_*: an allocator that gives memory back
+ * pays there, visibly.
+ *
+ * Passes, per thread:
+ *   1. fill (untimed) to the target;
+ *   2. the measured pass: `ops` operations, each timed: while the fill is
+ *      under the target allocate a new block and touch it, otherwise free a
+ *      random live block. A failed allocation is counted and followed by a
+ *      free, so the run keeps moving at full fill;
+ *   3. an attribution pass of ops/4 more operations of the same kind, with
+ *      getrusage(RUSAGE_THREAD) read before and after every call (outside
+ *      the timed interval; the system call disturbs caches, so this pass does
+ *      not feed the main percentiles): the share of allocator calls and of
+ *      touches that took a page fault, and the percentiles of the allocator
+ *      calls that took none;
+ * then, once, in the main thread:
+ *   4. the machine's own floor: one timed write to the first word of a random
+ *      live block, 200 000 times (a cache and TLB miss in a ~60 MiB working
+ *      set: on a VM its p99.9 is several microseconds, and no heap operation
+ *      that touches a header can beat it);
+ *   5. the timer's own cost (an empty timed interval).
+ * rpool only: the system calls the library made during pass 2 (madvise and
+ * mprotect, counted by rpool itself, process-wide, read between barriers so
+ * that no thread is in another pass) per 1000 operations.
+ *
+ * Reported: ns/op over pass 2 (wall time / ops: includes the touches and the
+ * harness), op_* p50 / p99 / p99.9 / max (allocator calls, alloc and free
+ * pooled), alloc_* and free_* separately, touch_*, fault_pct, touch_fault_pct,
+ * nofault_op_*, mem_*, timer_*, oscalls_per_kop, failures and the fill at the
+ * end. With threads > 1 (workload 7) each thread keeps target/threads live
+ * and does ops/threads operations; latencies of all threads are pooled.
  *
  * rpool column: rp_heap_alloc / rp_heap_free on a pool with a HEAP_BYTES heap
  * (one heap per pool, behind a lock).
- * Threads: each thread owns its live table and its slice of the latency log.
+ * Threads: each thread owns its live table and its slices of the latency
+ * logs; the main thread reads them after rpb_run_threads has joined them.
  */
 #define _GNU_SOURCE
 #include "common.h"
 #include "ops.h"
+
+#include <pthread.h>
+#include <sys/resource.h>
 
 #define HEAP_BYTES ((size_t)64 << 20)
 #define MIN_BYTES 16
 #define MAX_BYTES ((size_t)64 << 10)
 #define FILL_PCT 90
 #define MAX_LIVE ((size_t)1 << 20)
+#define FLOOR_SAMPLES 200000
 
 /* Bytes a live block of n bytes occupies in a half-fit heap (see above). */
 static inline size_t frag_bytes(size_t n)
@@ -46,6 +81,37 @@ static inline size_t frag_bytes(size_t n)
     return f < 64 ? 64 : f;
 }
 
+/* The user's first touch of a new block: its first word, then one byte in
+ * every further page the block overlaps. */
+static inline void touch_block(uint64_t *p, size_t n, size_t page)
+{
+    p[0] = n;
+    uintptr_t a = ((uintptr_t)p + page) & ~(uintptr_t)(page - 1);
+    for (; a < (uintptr_t)p + n; a += page)
+        *(volatile char *)a = 1;
+}
+
+static long minor_faults(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_THREAD, &u);
+    return u.ru_minflt;
+}
+
+/* Latency logs of one thread's measured pass: allocator calls (alloc and
+ * free, in operation order), allocations only, frees only, touches. */
+typedef struct heap_log {
+    uint32_t *op, *alloc, *free, *touch;
+    size_t nop, nalloc, nfree, ntouch;
+} heap_log;
+
+/* Results of one thread's attribution pass. */
+typedef struct heap_attr {
+    uint32_t *nofault;  /* allocator calls that took no page fault */
+    size_t nnofault;
+    uint64_t calls, faulted_calls, touches, faulted_touches;
+} heap_attr;
+
 typedef struct heap_thr {
     void **ptr;
     uint32_t *size;
@@ -53,18 +119,28 @@ typedef struct heap_thr {
     size_t live_bytes; /* sum of frag_bytes() over live blocks */
     uint64_t fails;
     int fill_failed;
+    heap_log log;
+    heap_attr attr;
 } heap_thr;
 
-typedef struct heap_ctx heap_ctx;
 typedef void (*heap_fill_fn)(void *ctx, heap_thr *t, size_t target,
                              rpb_rng *r);
 typedef void (*heap_run_fn)(void *ctx, heap_thr *t, size_t target,
-                            rpb_rng *r, uint32_t *lat, uint64_t ops);
+                            rpb_rng *r, uint64_t ops);
 
+static inline uint32_t clamp32(uint64_t d)
+{
+    return d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+}
+
+/* One allocator's fill, measured pass and attribution pass. The measured
+ * pass and the attribution pass make the same decisions from the same
+ * random stream; only the instrumentation differs. */
 #define HEAP_FUNCS(SUFFIX, ALLOC, FREE)                                       \
     static void heap_fill_##SUFFIX(void *ctx, heap_thr *t, size_t target,     \
                                    rpb_rng *r)                                \
     {                                                                         \
+        size_t page = rpb_page_size();                                        \
         while (t->live_bytes < target && t->nlive < MAX_LIVE) {               \
             size_t sz = rpb_rng_logsize(r, MIN_BYTES, MAX_BYTES);             \
             uint64_t *p = ALLOC(ctx, sz);                                     \
@@ -72,27 +148,31 @@ typedef void (*heap_run_fn)(void *ctx, heap_thr *t, size_t target,
                 t->fill_failed = 1;                                           \
                 break;                                                        \
             }                                                                 \
-            p[0] = sz;                                                        \
+            touch_block(p, sz, page);                                         \
             t->ptr[t->nlive] = p;                                             \
             t->size[t->nlive++] = (uint32_t)sz;                               \
             t->live_bytes += frag_bytes(sz);                                  \
         }                                                                     \
     }                                                                         \
     RPB_MEASURED static void heap_run_##SUFFIX(                               \
-        void *ctx, heap_thr *t, size_t target, rpb_rng *r, uint32_t *lat,     \
-        uint64_t ops)                                                         \
+        void *ctx, heap_thr *t, size_t target, rpb_rng *r, uint64_t ops)      \
     {                                                                         \
+        size_t page = rpb_page_size();                                        \
+        heap_log *L = &t->log;                                                \
         int must_free = 0;                                                    \
         for (uint64_t k = 0; k < ops; k++) {                                  \
-            uint64_t t0, t1;                                                  \
             if (!must_free && t->live_bytes < target &&                       \
                 t->nlive < MAX_LIVE) {                                        \
                 size_t sz = rpb_rng_logsize(r, MIN_BYTES, MAX_BYTES);         \
-                t0 = rpb_ticks();                                             \
+                uint64_t t0 = rpb_ticks();                                    \
                 uint64_t *p = ALLOC(ctx, sz);                                 \
-                t1 = rpb_ticks();                                             \
+                uint64_t t1 = rpb_ticks();                                    \
+                L->op[L->nop++] = L->alloc[L->nalloc++] = clamp32(t1 - t0);   \
                 if (p) {                                                      \
-                    p[0] = sz;                                                \
+                    uint64_t t2 = rpb_ticks();                                \
+                    touch_block(p, sz, page);                                 \
+                    uint64_t t3 = rpb_ticks();                                \
+                    L->touch[L->ntouch++] = clamp32(t3 - t2);                 \
                     t->ptr[t->nlive] = p;                                     \
                     t->size[t->nlive++] = (uint32_t)sz;                       \
                     t->live_bytes += frag_bytes(sz);                          \
@@ -102,22 +182,68 @@ typedef void (*heap_run_fn)(void *ctx, heap_thr *t, size_t target,
                 }                                                             \
             } else {                                                          \
                 must_free = 0;                                                \
-                if (t->nlive == 0) {                                          \
-                    lat[k] = 0;                                               \
+                if (t->nlive == 0)                                            \
                     continue;                                                 \
-                }                                                             \
                 size_t j = (size_t)rpb_rng_below(r, t->nlive);                \
                 void *p = t->ptr[j];                                          \
-                t0 = rpb_ticks();                                             \
+                uint64_t t0 = rpb_ticks();                                    \
                 FREE(ctx, p);                                                 \
-                t1 = rpb_ticks();                                             \
+                uint64_t t1 = rpb_ticks();                                    \
+                L->op[L->nop++] = L->free[L->nfree++] = clamp32(t1 - t0);     \
                 t->live_bytes -= frag_bytes(t->size[j]);                      \
                 t->nlive--;                                                   \
                 t->ptr[j] = t->ptr[t->nlive];                                 \
                 t->size[j] = t->size[t->nlive];                               \
             }                                                                 \
-            uint64_t d = t1 - t0;                                             \
-            lat[k] = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;               \
+        }                                                                     \
+    }                                                                         \
+    static void heap_attr_##SUFFIX(void *ctx, heap_thr *t, size_t target,     \
+                                   rpb_rng *r, uint64_t ops)                  \
+    {                                                                         \
+        size_t page = rpb_page_size();                                        \
+        heap_attr *A = &t->attr;                                              \
+        int must_free = 0;                                                    \
+        for (uint64_t k = 0; k < ops; k++) {                                  \
+            uint64_t t0, t1;                                                  \
+            long f0 = minor_faults(), f1;                                     \
+            if (!must_free && t->live_bytes < target &&                       \
+                t->nlive < MAX_LIVE) {                                        \
+                size_t sz = rpb_rng_logsize(r, MIN_BYTES, MAX_BYTES);         \
+                t0 = rpb_ticks();                                             \
+                uint64_t *p = ALLOC(ctx, sz);                                 \
+                t1 = rpb_ticks();                                             \
+                f1 = minor_faults();                                          \
+                if (p) {                                                      \
+                    touch_block(p, sz, page);                                 \
+                    long f2 = minor_faults();                                 \
+                    A->touches++;                                             \
+                    A->faulted_touches += f2 > f1;                            \
+                    t->ptr[t->nlive] = p;                                     \
+                    t->size[t->nlive++] = (uint32_t)sz;                       \
+                    t->live_bytes += frag_bytes(sz);                          \
+                } else {                                                      \
+                    must_free = 1; /* counted in pass 2 only */               \
+                }                                                             \
+            } else {                                                          \
+                must_free = 0;                                                \
+                if (t->nlive == 0)                                            \
+                    continue;                                                 \
+                size_t j = (size_t)rpb_rng_below(r, t->nlive);                \
+                void *p = t->ptr[j];                                          \
+                t0 = rpb_ticks();                                             \
+                FREE(ctx, p);                                                 \
+                t1 = rpb_ticks();                                             \
+                f1 = minor_faults();                                          \
+                t->live_bytes -= frag_bytes(t->size[j]);                      \
+                t->nlive--;                                                   \
+                t->ptr[j] = t->ptr[t->nlive];                                 \
+                t->size[j] = t->size[t->nlive];                               \
+            }                                                                 \
+            A->calls++;                                                       \
+            if (f1 > f0)                                                      \
+                A->faulted_calls++;                                           \
+            else                                                              \
+                A->nofault[A->nnofault++] = clamp32(t1 - t0);                 \
         }                                                                     \
     }
 
@@ -128,35 +254,121 @@ HEAP_FUNCS(rpool, op_heapalloc, op_heapfree)
 
 struct heap_ctx {
     heap_fill_fn fill;
-    heap_run_fn run;
+    heap_run_fn run, attr;
     void *actx;
     size_t target;   /* live bytes per thread */
-    uint64_t ops;    /* per thread */
-    uint32_t *lat;   /* threads * ops */
+    uint64_t ops;    /* per thread, measured pass */
+    uint64_t aops;   /* per thread, attribution pass */
     uint64_t seed;
     heap_thr thr[64];
 };
 
+/* Harness memory, touched before the measured pass so that the logs' own
+ * first-touch faults do not land in it. */
+static void *hbuf_touched(size_t bytes)
+{
+    char *b = rpb_hbuf(bytes);
+    memset(b, 0, bytes);
+    return b;
+}
+
+/* Pass boundaries: every thread has finished the previous pass before thread
+ * 0 reads rpool's process-wide OS-call counter, and none starts the next
+ * pass before it has read it. */
+static pthread_barrier_t pass_barrier;
+static unsigned long os_at_start, os_at_stop;
+
+static unsigned long os_calls_now(void)
+{
+#if RPB_HAVE_HEAP
+    return rp_os_calls(RP_OS_PURGE) + rp_os_calls(RP_OS_COMMIT);
+#else
+    return 0;
+#endif
+}
+
 static void heap_thread(int idx, void *arg)
 {
-    heap_ctx *c = arg;
+    struct heap_ctx *c = arg;
     heap_thr *t = &c->thr[idx];
-    t->ptr = rpb_hbuf(MAX_LIVE * sizeof(void *));
-    t->size = rpb_hbuf(MAX_LIVE * sizeof(uint32_t));
+    size_t n = (size_t)c->ops * sizeof(uint32_t);
+    t->ptr = hbuf_touched(MAX_LIVE * sizeof(void *));
+    t->size = hbuf_touched(MAX_LIVE * sizeof(uint32_t));
+    t->log.op = hbuf_touched(n);
+    t->log.alloc = hbuf_touched(n);
+    t->log.free = hbuf_touched(n);
+    t->log.touch = hbuf_touched(n);
+    t->attr.nofault = hbuf_touched((size_t)c->aops * sizeof(uint32_t));
     rpb_rng r;
     rpb_rng_seed(&r, c->seed + (uint64_t)idx);
     c->fill(c->actx, t, c->target, &r);
+    pthread_barrier_wait(&pass_barrier);
+    if (idx == 0)
+        os_at_start = os_calls_now(); /* no thread is in pass 2 yet */
     rpb_start(idx);
-    c->run(c->actx, t, c->target, &r, c->lat + (size_t)idx * c->ops, c->ops);
+    c->run(c->actx, t, c->target, &r, c->ops);
     rpb_stop(idx);
+    pthread_barrier_wait(&pass_barrier);
+    if (idx == 0)
+        os_at_stop = os_calls_now();
+    pthread_barrier_wait(&pass_barrier);
+    c->attr(c->actx, t, c->target, &r, c->aops);
 }
 
-/* The cost of an empty timed interval, so readers can tell the timer from
- * the allocator in the percentiles. */
+/* Concatenate one log of every thread into one array (for the pooled
+ * percentiles). */
+static uint32_t *pool_logs(struct heap_ctx *c, int threads, size_t which,
+                           size_t *n)
+{
+    size_t total = 0;
+    for (int i = 0; i < threads; i++) {
+        heap_log *L = &c->thr[i].log;
+        size_t k[] = {L->nop, L->nalloc, L->nfree, L->ntouch,
+                      c->thr[i].attr.nnofault};
+        total += k[which];
+    }
+    uint32_t *all = rpb_hbuf(total * sizeof(uint32_t) + 1);
+    size_t at = 0;
+    for (int i = 0; i < threads; i++) {
+        heap_log *L = &c->thr[i].log;
+        uint32_t *src[] = {L->op, L->alloc, L->free, L->touch,
+                           c->thr[i].attr.nofault};
+        size_t k[] = {L->nop, L->nalloc, L->nfree, L->ntouch,
+                      c->thr[i].attr.nnofault};
+        memcpy(all + at, src[which], k[which] * sizeof(uint32_t));
+        at += k[which];
+    }
+    *n = total;
+    return all;
+}
+
+/* Step 4: one timed write to the first word of a random live block. */
+static void memory_floor(struct heap_ctx *c, int threads, uint64_t seed)
+{
+    uint32_t *lat = hbuf_touched(FLOOR_SAMPLES * sizeof(uint32_t));
+    rpb_rng r;
+    rpb_rng_seed(&r, seed ^ 0xf1002ull);
+    size_t n = 0;
+    for (size_t i = 0; i < FLOOR_SAMPLES; i++) {
+        heap_thr *t = &c->thr[rpb_rng_below(&r, (uint64_t)threads)];
+        if (!t->nlive)
+            continue;
+        volatile uint64_t *p = t->ptr[rpb_rng_below(&r, t->nlive)];
+        uint64_t t0 = rpb_ticks();
+        *p = *p + 1;
+        uint64_t t1 = rpb_ticks();
+        lat[n++] = clamp32(t1 - t0);
+    }
+    rpb_report_latency(lat, n, "mem_");
+    rpb_hbuf_free(lat, FLOOR_SAMPLES * sizeof(uint32_t));
+}
+
+/* Step 5: the cost of an empty timed interval, so readers can tell the
+ * timer from the allocator in the percentiles. */
 static void timer_cost(void)
 {
     enum { N = 100000 };
-    uint32_t *lat = rpb_hbuf(N * sizeof(uint32_t));
+    uint32_t *lat = hbuf_touched(N * sizeof(uint32_t));
     for (size_t i = 0; i < N; i++) {
         uint64_t t0 = rpb_ticks();
         uint64_t t1 = rpb_ticks();
@@ -168,18 +380,22 @@ static void timer_cost(void)
 
 void wl_heap(const rpb_args *a)
 {
-    static heap_ctx c;
-    c.ops = (a->ops ? a->ops : 1000000) / (uint64_t)a->threads;
-    c.target = HEAP_BYTES / 100 * FILL_PCT / (size_t)a->threads;
+    static struct heap_ctx c;
+    int nt = a->threads;
+    c.ops = (a->ops ? a->ops : 1000000) / (uint64_t)nt;
+    c.aops = c.ops / 4;
+    c.target = HEAP_BYTES / 100 * FILL_PCT / (size_t)nt;
     c.seed = a->seed;
     if (rpb_is_malloc(a->alloc)) {
         c.fill = heap_fill_malloc;
         c.run = heap_run_malloc;
+        c.attr = heap_attr_malloc;
     } else if (a->alloc == RPB_RPOOL) {
 #if RPB_HAVE_HEAP
         c.actx = rpb_pool(HEAP_BYTES, -1, -1);
         c.fill = heap_fill_rpool;
         c.run = heap_run_rpool;
+        c.attr = heap_attr_rpool;
 #else
         rpb_unavailable("rp_heap_alloc/rp_heap_free");
 #endif
@@ -187,42 +403,60 @@ void wl_heap(const rpb_args *a)
         rpb_error("heap: no %s column", a->alloc_name);
     }
     (void)rpb_ns_per_tick(); /* calibrate before the threads start */
-    size_t lat_bytes = (size_t)c.ops * (size_t)a->threads * sizeof(uint32_t);
-    c.lat = rpb_hbuf(lat_bytes);
-    uint64_t wall = rpb_run_threads(a->threads, heap_thread, &c);
+    pthread_barrier_init(&pass_barrier, NULL, (unsigned)nt);
+    uint64_t wall = rpb_run_threads(nt, heap_thread, &c);
+    pthread_barrier_destroy(&pass_barrier);
 
-    uint64_t fails = 0;
+    uint64_t fails = 0, calls = 0, fcalls = 0, touches = 0, ftouches = 0;
     size_t live = 0;
     int fill_failed = 0;
-    for (int i = 0; i < a->threads; i++) {
+    for (int i = 0; i < nt; i++) {
         fails += c.thr[i].fails;
         live += c.thr[i].live_bytes;
         fill_failed |= c.thr[i].fill_failed;
+        calls += c.thr[i].attr.calls;
+        fcalls += c.thr[i].attr.faulted_calls;
+        touches += c.thr[i].attr.touches;
+        ftouches += c.thr[i].attr.faulted_touches;
     }
-    rpb_info("heap: %d thread(s), target %zu live bytes, %llu ops/thread%s",
-             a->threads, c.target * (size_t)a->threads,
-             (unsigned long long)c.ops,
-             fill_failed ? ", fill stopped early on a failed allocation"
-                         : "");
+    rpb_info("heap: %d thread(s), target %zu live bytes, %llu measured + "
+             "%llu attribution ops/thread%s",
+             nt, c.target * (size_t)nt, (unsigned long long)c.ops,
+             (unsigned long long)c.aops,
+             fill_failed ? ", fill stopped early on a failed allocation" : "");
 #if RPB_HAVE_HEAP
     if (a->alloc == RPB_RPOOL) {
         rp_stats st;
         if (rp_stats_get(c.actx, &st) == 0)
             rpb_info("rpool heap by its own account: capacity %zu, "
-                     "allocated %zu (%.1f%%), committed %zu, oom %llu",
+                     "allocated %zu (%.1f%%), committed %zu, physical %zu, "
+                     "oom %llu",
                      st.heap_capacity_bytes, st.heap_allocated_bytes,
                      st.heap_capacity_bytes
                          ? 100.0 * (double)st.heap_allocated_bytes /
                                (double)st.heap_capacity_bytes
                          : 0.0,
-                     st.heap_committed_bytes,
+                     st.heap_committed_bytes, st.heap_physical_bytes,
                      (unsigned long long)st.heap_oom_count);
+        /* madvise + mprotect calls rpool made in the measured pass. */
+        rpb_metric("oscalls_per_kop", 1000.0 * (double)(os_at_stop - os_at_start) /
+                                          ((double)c.ops * (double)nt));
     }
 #endif
-    rpb_metric("ns_per_op",
-               (double)wall / ((double)c.ops * (double)a->threads));
-    rpb_report_latency(c.lat, (size_t)c.ops * (size_t)a->threads, "op_");
+    rpb_metric("ns_per_op", (double)wall / ((double)c.ops * (double)nt));
+    static const char *const prefix[] = {"op_", "alloc_", "free_", "touch_",
+                                         "nofault_op_"};
+    for (size_t w = 0; w < 5; w++) {
+        size_t n;
+        uint32_t *all = pool_logs(&c, nt, w, &n);
+        rpb_report_latency(all, n, prefix[w]);
+        rpb_hbuf_free(all, n * sizeof(uint32_t) + 1);
+    }
+    rpb_metric("fault_pct", calls ? 100.0 * (double)fcalls / (double)calls : 0);
+    rpb_metric("touch_fault_pct",
+               touches ? 100.0 * (double)ftouches / (double)touches : 0);
     rpb_metric("alloc_failures", (double)fails);
     rpb_metric("end_fill_pct", 100.0 * (double)live / (double)HEAP_BYTES);
+    memory_floor(&c, nt, c.seed);
     timer_cost();
 }

@@ -1,7 +1,9 @@
 /* fuzz_heap.c -- libFuzzer target for the fallback heap (src/heap.c).
  *
- * Bytes become a stream of heap operations on one small pool (4 MiB heap, so
- * that exhaustion and every growth step are reached): allocations of
+ * Bytes become a stream of heap operations on a small pool (4 MiB heap, so
+ * that exhaustion and every growth step are reached; inputs of even length
+ * use a pool whose heap purges eagerly, odd ones a pool whose heap keeps
+ * freed fragments lazily, with a 1 ms purge delay): allocations of
  * log-scaled sizes, frees, and deliberately bad frees (double free, interior
  * and stale pointers, pointers into free space or beyond the committed part,
  * foreign pointers). A shadow table holds every live block with its size and
@@ -35,7 +37,8 @@ struct blk {
     unsigned char fill;
 };
 
-static rp_pool *pool;
+static rp_pool *pools[2]; /* [0] eager purging, [1] lazy purging */
+static rp_pool *pool;      /* the one this input runs on */
 static struct blk live[SLOTS];
 static void *stale[STALE]; /* recently freed block addresses */
 static size_t tally;       /* sum of live fragment sizes (usable + header) */
@@ -61,18 +64,21 @@ static void die(const char *what)
 
 static void setup(void)
 {
-    rp_config c;
-    rp_config_init(&c);
-    c.reserve_bytes = 256 << 20;
-    c.region_min_bytes = 64 << 10;
-    c.region_max_bytes = 1 << 20;
-    c.heap_bytes = 4 << 20;
-    c.purge_delay_ms = 0;
-    c.purge_thread = 0;
-    c.error_hook = on_error;
-    pool = rp_pool_create(&c);
-    if (!pool)
-        die("rp_pool_create");
+    for (int k = 0; k < 2; k++) {
+        rp_config c;
+        rp_config_init(&c);
+        c.reserve_bytes = 256 << 20;
+        c.region_min_bytes = 64 << 10;
+        c.region_max_bytes = 1 << 20;
+        c.heap_bytes = 4 << 20;
+        c.purge_delay_ms = (uint32_t)k;
+        c.purge_thread = 0;
+        c.error_hook = on_error;
+        pools[k] = rp_pool_create(&c);
+        if (!pools[k])
+            die("rp_pool_create");
+    }
+    nerr = 0; /* the creation-time fragmentation warning */
 }
 
 /* Pattern: the whole block for small ones, else both ends and every page. */
@@ -166,8 +172,9 @@ static void release(struct blk *b)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (!pool)
+    if (!pools[0])
         setup();
+    pool = pools[size & 1];
     memset(stale, 0, sizeof stale);
     size_t i = 0;
     unsigned char fillc = 1;

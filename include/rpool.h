@@ -124,7 +124,9 @@ typedef struct rp_config {
     size_t region_min_bytes;
     size_t region_max_bytes;
     /* Released regions stay resident this long before being purged
-     * (0 = purge at release). Range [0, 3600000]. */
+     * (0 = purge at release). > 0 also lets the heap keep freed fragments
+     * resident (up to 1/8 of heap_bytes) until the delay passes or a budget
+     * squeeze needs them. Range [0, 3600000]. */
     uint32_t purge_delay_ms;
     /* rp_purge_advice. */
     int purge_advice;
@@ -582,7 +584,8 @@ RP_API size_t rp_usable_size(rp_pool *p, const void *ptr);
  * or a budget or the OS refuses to commit more (an OOM is counted). */
 RP_API void *rp_heap_alloc(rp_pool *p, size_t size);
 /* Free a block from rp_heap_alloc. Foreign pointers, double frees and damaged
- * fragment headers are reported and ignored. NULL is ignored. O(1). */
+ * fragment headers are reported and ignored. NULL is ignored. O(1); a purge
+ * (madvise) of a large free fragment runs after the heap lock is dropped. */
 RP_API void rp_heap_free(rp_pool *p, void *ptr);
 
 /* ------------------------------------------------------------------------ */

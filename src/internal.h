@@ -424,6 +424,15 @@ RP_HIDDEN size_t rpi_heap_required_capacity(size_t live_bytes, size_t max_reques
  * (for callers with another place to go). */
 RP_HIDDEN void *rpi_heap_try_alloc(rp_pool *p, size_t size);
 RP_HIDDEN void rpi_heap_postfork(rp_pool *p);
+/* Purge lazily kept free heap fragments released at or before cutoff_ms
+ * until `bytes` of physical are released. Returns bytes released. */
+RP_HIDDEN size_t rpi_heap_purge_lazy(rp_pool *p, size_t bytes, uint64_t cutoff_ms);
+/* Heap event counters for tests (9 slots, see heap.c). */
+RP_HIDDEN void rpi_heap_counters(rp_pool *p, uint64_t *out);
+/* Test hook: when set, called by the thread that runs a purge (what = 1) or
+ * growth (what = 2) job, after it dropped the heap lock and before the
+ * system call. NULL in production. */
+RP_HIDDEN extern void (*rpi_heap_job_hook)(rp_pool *p, int what);
 
 RP_HIDDEN int rpi_slab_init(rp_pool *p);
 RP_HIDDEN int rpi_slab_check(rp_pool *p);

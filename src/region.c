@@ -763,6 +763,8 @@ size_t rpi_purge_for(rp_pool *p, size_t bytes)
         if (got >= bytes || round || !cache_steal(p, true))
             break;
     }
+    if (got < bytes) /* lazily kept free heap fragments last */
+        got += rpi_heap_purge_lazy(p, bytes - got, UINT64_MAX);
     return got;
 }
 
@@ -793,6 +795,7 @@ void rpi_purge_expired(rp_pool *p)
     cache_steal(p, false); /* expired thread-cache entries first */
     for (unsigned c = 0; c < p->nclasses; c++)
         purge_class(p, c, false, cutoff, SIZE_MAX);
+    rpi_heap_purge_lazy(p, SIZE_MAX, cutoff); /* expired free heap fragments */
     rp_store_relaxed_u64(&p->next_purge_ms, now + purge_step(p));
     rp_store_release_u32(&p->purge_busy, 0);
 }

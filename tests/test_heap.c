@@ -13,6 +13,38 @@ size_t rpi_heap_max_request(const rp_pool *p);
 size_t rpi_heap_required_capacity(size_t live_bytes, size_t max_request);
 size_t rpi_heap_guaranteed_live(const rp_pool *p, size_t max_request);
 void *rpi_heap_try_alloc(rp_pool *p, size_t size);
+size_t rpi_heap_purge_lazy(rp_pool *p, size_t bytes, uint64_t cutoff_ms);
+void rpi_heap_counters(rp_pool *p, uint64_t *out);
+extern void (*rpi_heap_job_hook)(rp_pool *p, int what);
+
+/* rpi_heap_counters' slots (heap.c). */
+enum {
+    HC_OS_LOCKED,   /* OS calls the heap made holding its lock */
+    HC_OS_UNLOCKED, /* ... and without it */
+    HC_HELD,        /* fragments held by a purge in flight */
+    HC_GROWING,     /* a growth step in flight */
+    HC_LAZY,        /* lazy fragments */
+    HC_LAZY_BYTES,  /* their dirty bytes */
+    HC_LAZY_MAX,    /* the cap on those */
+    HC_JOBS,        /* jobs completed */
+    HC_PURGE_FAILS,
+    HC_N
+};
+#define JOB_PURGE 1 /* rpi_heap_job_hook's `what` */
+#define JOB_GROW 2
+
+static uint64_t heap_counter(rp_pool *p, int which)
+{
+    uint64_t c[HC_N];
+    rpi_heap_counters(p, c);
+    return c[which];
+}
+
+/* OS calls of the heap kinds, process-wide (single-threaded tests). */
+static unsigned long os_heap_calls(void)
+{
+    return rp_os_calls(RP_OS_PURGE) + rp_os_calls(RP_OS_COMMIT);
+}
 
 #define HDR 32 /* fragment header bytes (heap.c) */
 #define PURGE_MIN (64 * KiB) /* RP_HEAP_PURGE_BYTES (heap.c) */
@@ -74,13 +106,35 @@ static void assert_heap_mincore_ok(rp_pool *p)
         fail_msg("physical_bytes %zu < resident %zu", s.physical_bytes, all);
 }
 
+/* The heaps here are small on purpose: the pool's creation-time warning
+ * that one cannot guarantee its worst case (RP_ERR_WARNING, through the
+ * hook) is expected and discarded; any other report is not. */
+static rp_pool *create_pool(rp_errlog *log, rp_config *c)
+{
+    rp_pool *p = rp_pool_create(c);
+    assert_non_null(p);
+    if (log && log->count) {
+        assert_int_equal(log->count, 1);
+        assert_int_equal(log->last_code, RP_ERR_WARNING);
+        memset(log, 0, sizeof *log);
+    }
+    return p;
+}
+
 static rp_pool *make_pool(rp_errlog *log, size_t heap_bytes)
 {
     rp_config c = rp_test_config(log);
     c.heap_bytes = heap_bytes;
-    rp_pool *p = rp_pool_create(&c);
-    assert_non_null(p);
-    return p;
+    return create_pool(log, &c);
+}
+
+/* A pool whose heap purges lazily (purge_delay_ms > 0). */
+static rp_pool *make_lazy_pool(rp_errlog *log, size_t heap_bytes, uint32_t delay_ms)
+{
+    rp_config c = rp_test_config(log);
+    c.heap_bytes = heap_bytes;
+    c.purge_delay_ms = delay_ms;
+    return create_pool(log, &c);
 }
 
 static void log_reset(rp_errlog *log) { memset(log, 0, sizeof *log); }
@@ -231,11 +285,15 @@ static size_t random_size(uint64_t *seed, size_t max)
     return v;
 }
 
-static void test_heap_random_walk(void **state)
+/* delay_ms: the pool's purge delay (0: the heap purges eagerly; else lazily,
+ * up to the lazy cap, which widens the physical bound by that cap). */
+static void random_walk(uint32_t delay_ms)
 {
-    (void)state;
     rp_errlog log = {0};
-    rp_pool *p = make_pool(&log, 4 * MiB);
+    rp_pool *p = delay_ms ? make_lazy_pool(&log, 4 * MiB, delay_ms) : make_pool(&log, 4 * MiB);
+    size_t lazy_max = heap_counter(p, HC_LAZY_MAX);
+    assert_true(delay_ms ? lazy_max > 0 : lazy_max == 0);
+    unsigned long os0 = os_heap_calls(), unlocked0 = heap_counter(p, HC_OS_UNLOCKED);
     static struct live live[WALK_SLOTS];
     memset(live, 0, sizeof live);
     uint64_t seed = 0x1234567ull;
@@ -276,7 +334,9 @@ static void test_heap_random_walk(void **state)
         rp_stats s = rp_test_stats(p);
         assert_int_equal(s.heap_allocated_bytes, tally);
         /* The documented over-count bound (nfree <= nlive + 1). */
-        size_t bound = tally + 2 * page_size() * (2 * nlive + 1) + PURGE_MIN * (nlive + 1);
+        size_t bound = tally + 2 * page_size() * (2 * nlive + 1) + PURGE_MIN * (nlive + 1) +
+                       lazy_max;
+        assert_true(heap_counter(p, HC_LAZY_BYTES) <= lazy_max);
         if (s.heap_physical_bytes > bound)
             fail_msg("op %d: heap_physical_bytes %zu above the bound %zu", op,
                      s.heap_physical_bytes, bound);
@@ -294,6 +354,18 @@ static void test_heap_random_walk(void **state)
     rp_stats s = rp_test_stats(p);
     assert_int_equal(s.heap_allocated_bytes, 0);
     assert_int_equal(s.heap_oom_count, (uint64_t)exhausted);
+    /* Every system call was made without the heap lock, and these were all
+     * of the heap's. */
+    assert_int_equal(heap_counter(p, HC_OS_LOCKED), 0);
+    assert_int_equal(heap_counter(p, HC_OS_UNLOCKED) - unlocked0, os_heap_calls() - os0);
+    /* Lazy: what is still lazy is purged on request. */
+    if (delay_ms) {
+        assert_true(s.heap_physical_bytes <= page_size() + PURGE_MIN + lazy_max);
+        rpi_heap_purge_lazy(p, SIZE_MAX, UINT64_MAX);
+        assert_int_equal(heap_counter(p, HC_LAZY), 0);
+        assert_int_equal(heap_counter(p, HC_LAZY_BYTES), 0);
+        s = rp_test_stats(p);
+    }
     /* Everything free: one fragment; its header page and less than
      * PURGE_MIN of its interior stay charged. */
     assert_true(s.heap_physical_bytes >= page_size());
@@ -302,6 +374,18 @@ static void test_heap_random_walk(void **state)
     assert_int_equal(rp_check(p), 0);
     assert_heap_mincore_ok(p);
     rp_pool_destroy(p);
+}
+
+static void test_heap_random_walk(void **state)
+{
+    (void)state;
+    random_walk(0);
+}
+
+static void test_heap_random_walk_lazy(void **state)
+{
+    (void)state;
+    random_walk(60000); /* nothing expires during the walk */
 }
 
 /* ---- growth ----------------------------------------------------------------- */
@@ -897,6 +981,419 @@ static void test_heap_guaranteed_live_bound(void **state)
     rp_pool_destroy(p);
 }
 
+/* ---- system calls outside the lock, lazy purging ----------------------------- */
+
+/* What the job hook saw: it runs in the thread that holds a purge or a
+ * growth step, after the heap lock was dropped and before the system call. */
+struct hook_log {
+    rp_pool *p;
+    int purges, grows, nested;
+    int held_seen, growing_seen, check_failed, nested_failed;
+    int busy; /* no recursion through the nested calls */
+};
+static struct hook_log hook_log;
+
+static void job_hook(rp_pool *p, int what)
+{
+    struct hook_log *l = &hook_log;
+    if (p != l->p || l->busy)
+        return;
+    l->busy = 1;
+    if (what == JOB_PURGE) {
+        l->purges++;
+        l->held_seen += heap_counter(p, HC_HELD) >= 1;
+        /* The lock is free: a whole allocation and free go through here. */
+        char *x = rp_heap_alloc(p, 100);
+        if (x) {
+            memset(x, 0x6b, 100);
+            rp_heap_free(p, x);
+            l->nested++;
+        } else {
+            l->nested_failed++;
+        }
+    } else if (what == JOB_GROW) {
+        l->grows++;
+        l->growing_seen += heap_counter(p, HC_GROWING) == 1;
+    }
+    /* A held fragment or a growth step in flight is a consistent state. */
+    if (rpi_heap_check(p) != 0)
+        l->check_failed++;
+    l->busy = 0;
+}
+
+static void test_heap_syscalls_outside_lock(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_pool(&log, 64 * MiB);
+    size_t pg = page_size();
+    memset(&hook_log, 0, sizeof hook_log);
+    hook_log.p = p;
+    /* A small free fragment fenced off from the big ones: the hook's nested
+     * allocation is served from it (a whole-heap purge holds all other free
+     * memory, and a nested call would wait for its own thread). */
+    char *spare = rp_heap_alloc(p, 1000), *fence = rp_heap_alloc(p, 1000);
+    assert_non_null(spare);
+    assert_non_null(fence);
+    rp_heap_free(p, spare);
+    rpi_heap_job_hook = job_hook;
+    unsigned long os0 = os_heap_calls(), unlocked0 = heap_counter(p, HC_OS_UNLOCKED);
+
+    enum { N = 12 };
+    void *b[N];
+    for (int i = 0; i < N; i++) { /* growth steps 1, 2, 4, 8, 16 MiB */
+        b[i] = rp_heap_alloc(p, 1 * MiB - HDR);
+        assert_non_null(b[i]);
+        memset(b[i], i + 1, 1 * MiB - HDR);
+    }
+    assert_true(hook_log.grows >= 4);
+    size_t phys = rp_test_stats(p).heap_physical_bytes;
+    for (int i = 0; i < N; i += 2) { /* each purged on its own */
+        rp_heap_free(p, b[i]);
+        assert_heap_mincore_ok(p);
+    }
+    /* The purged pages are uncharged exactly: the interior of each block. */
+    assert_int_equal(rp_test_stats(p).heap_physical_bytes, phys - (N / 2) * (1 * MiB - pg));
+    assert_true(hook_log.purges >= N / 2);
+    for (int i = 1; i < N; i += 2) { /* merges with purged neighbours */
+        unsigned char *c = b[i]; /* untouched by the neighbours' purges */
+        assert_int_equal(c[0], i + 1);
+        assert_int_equal(c[1 * MiB - HDR - 1], i + 1);
+        rp_heap_free(p, b[i]);
+        assert_heap_mincore_ok(p);
+    }
+    rpi_heap_job_hook = NULL;
+    rp_heap_free(p, fence);
+
+    assert_int_equal(hook_log.check_failed, 0);
+    assert_int_equal(hook_log.nested_failed, 0);
+    assert_int_equal(hook_log.nested, hook_log.purges);
+    assert_int_equal(hook_log.held_seen, hook_log.purges);
+    assert_int_equal(hook_log.growing_seen, hook_log.grows);
+    /* Every madvise and mprotect of the heap ran without its lock. */
+    assert_int_equal(heap_counter(p, HC_OS_LOCKED), 0);
+    assert_int_equal(heap_counter(p, HC_OS_UNLOCKED) - unlocked0, os_heap_calls() - os0);
+    assert_int_equal(heap_counter(p, HC_HELD), 0);
+    assert_int_equal(heap_counter(p, HC_GROWING), 0);
+    rp_stats s = rp_test_stats(p);
+    assert_int_equal(s.heap_allocated_bytes, 0);
+    assert_true(s.heap_physical_bytes < pg + PURGE_MIN);
+    assert_int_equal(rp_check(p), 0);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(p);
+}
+
+/* A lazy heap keeps a freed fragment resident and charged, hands it out
+ * again without a system call, and purges it on request, exactly. */
+static void test_heap_lazy_keeps_and_purges(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_lazy_pool(&log, 16 * MiB, 60000);
+    size_t pg = page_size();
+    /* Two 1 MiB blocks fill the first two growth steps exactly: a's
+     * fragment is the only free one once it is freed. */
+    char *a = rp_heap_alloc(p, 1 * MiB - HDR); /* at the base: page-aligned */
+    char *keep = rp_heap_alloc(p, 1 * MiB - HDR);
+    assert_non_null(a);
+    assert_non_null(keep);
+    assert_ptr_equal(a - HDR, p->heap_base);
+    memset(a, 0x21, 1 * MiB - HDR);
+    size_t phys0 = rp_test_stats(p).heap_physical_bytes;
+    unsigned long madv = rp_os_calls(RP_OS_PURGE);
+
+    rp_heap_free(p, a);
+    assert_int_equal(rp_os_calls(RP_OS_PURGE), madv);
+    assert_int_equal(rp_test_stats(p).heap_physical_bytes, phys0);
+    assert_int_equal(heap_counter(p, HC_LAZY), 1);
+    assert_int_equal(heap_counter(p, HC_LAZY_BYTES), 1 * MiB - pg); /* its interior */
+    assert_true(rp_resident_bytes(a, 1 * MiB - HDR) >= 1 * MiB - pg);
+    assert_heap_mincore_ok(p);
+    assert_int_equal(rp_check(p), 0);
+
+    /* Reuse: the same fragment, no system call, nothing charged again. */
+    char *b = rp_heap_alloc(p, 1 * MiB - HDR);
+    assert_ptr_equal(b, a);
+    assert_int_equal(heap_counter(p, HC_LAZY), 0);
+    assert_int_equal(heap_counter(p, HC_LAZY_BYTES), 0);
+    assert_int_equal(rp_os_calls(RP_OS_PURGE), madv);
+    assert_int_equal(rp_test_stats(p).heap_physical_bytes, phys0);
+    memset(b, 0x22, 1 * MiB - HDR);
+    assert_int_equal(rp_check(p), 0);
+
+    /* A split keeps the remainder lazy (same slot) while it holds PURGE_MIN
+     * of dirty pages. */
+    rp_heap_free(p, b);
+    char *c = rp_heap_alloc(p, 256 * KiB - HDR);
+    assert_ptr_equal(c, a);
+    assert_int_equal(heap_counter(p, HC_LAZY), 1);
+    assert_int_equal(heap_counter(p, HC_LAZY_BYTES), 1 * MiB - 256 * KiB - pg);
+    assert_int_equal(rp_check(p), 0);
+    rp_heap_free(p, c); /* merges back into one lazy fragment */
+    assert_int_equal(heap_counter(p, HC_LAZY), 1);
+    assert_int_equal(heap_counter(p, HC_LAZY_BYTES), 1 * MiB - pg);
+    assert_int_equal(rp_os_calls(RP_OS_PURGE), madv);
+
+    /* Purge on request: one madvise, exactly the interior uncharged. */
+    size_t got = rpi_heap_purge_lazy(p, SIZE_MAX, UINT64_MAX);
+    assert_int_equal(got, 1 * MiB - pg);
+    assert_int_equal(rp_os_calls(RP_OS_PURGE), madv + 1);
+    assert_int_equal(heap_counter(p, HC_LAZY), 0);
+    assert_int_equal(rp_test_stats(p).heap_physical_bytes, phys0 - (1 * MiB - pg));
+    assert_true(rp_resident_bytes(a + pg, 1 * MiB - 2 * pg) == 0);
+    assert_heap_mincore_ok(p);
+    assert_int_equal(rp_check(p), 0);
+    assert_int_equal(rpi_heap_purge_lazy(p, SIZE_MAX, UINT64_MAX), 0);
+    rp_heap_free(p, keep);
+    assert_int_equal(heap_counter(p, HC_OS_LOCKED), 0);
+    assert_int_equal(rp_check(p), 0);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(p);
+}
+
+/* The cap on lazy bytes and the number of slots: the oldest lazy fragment is
+ * purged to make room, and the lazy set never exceeds either. */
+static void test_heap_lazy_cap_and_slots(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_lazy_pool(&log, 64 * MiB, 60000);
+    size_t cap = heap_counter(p, HC_LAZY_MAX);
+    assert_int_equal(cap, 8 * MiB); /* capacity / 8 */
+
+    /* Bytes: twelve 1 MiB fragments freed, eight fit under the cap. */
+    enum { NB = 12 };
+    void *b[NB], *k[NB];
+    for (int i = 0; i < NB; i++) {
+        b[i] = rp_heap_alloc(p, 1 * MiB - HDR);
+        k[i] = rp_heap_alloc(p, 100); /* keeps the blocks apart */
+        assert_non_null(b[i]);
+        assert_non_null(k[i]);
+        memset(b[i], 3, 1 * MiB - HDR);
+    }
+    unsigned long madv = rp_os_calls(RP_OS_PURGE);
+    for (int i = 0; i < NB; i++) {
+        rp_heap_free(p, b[i]);
+        assert_true(heap_counter(p, HC_LAZY_BYTES) <= cap);
+        assert_heap_mincore_ok(p);
+    }
+    uint64_t n = heap_counter(p, HC_LAZY);
+    assert_true(n >= 7 && n <= 8);
+    assert_int_equal(rp_os_calls(RP_OS_PURGE) - madv, NB - n); /* one each */
+    /* The oldest went first: b[0] is no longer resident, b[NB-1] is. */
+    assert_true(rp_resident_bytes((char *)b[0] + page_size(), 512 * KiB) == 0);
+    assert_true(rp_resident_bytes(b[NB - 1], 512 * KiB) >= 512 * KiB);
+    assert_int_equal(rp_check(p), 0);
+    rpi_heap_purge_lazy(p, SIZE_MAX, UINT64_MAX);
+    for (int i = 0; i < NB; i++)
+        rp_heap_free(p, k[i]);
+
+    /* Slots: 80 fragments of 128 KiB (~124 KiB dirty each: 9.7 MiB would
+     * exceed the cap too, so count both limits). */
+    enum { NS = 80 };
+    void *s[NS], *t[NS];
+    for (int i = 0; i < NS; i++) {
+        s[i] = rp_heap_alloc(p, 96 * KiB);
+        t[i] = rp_heap_alloc(p, 100);
+        assert_non_null(s[i]);
+        assert_non_null(t[i]);
+        memset(s[i], 4, 96 * KiB);
+    }
+    for (int i = 0; i < NS; i++) {
+        rp_heap_free(p, s[i]);
+        assert_true(heap_counter(p, HC_LAZY) <= 64);
+        assert_true(heap_counter(p, HC_LAZY_BYTES) <= cap);
+    }
+    assert_true(heap_counter(p, HC_LAZY) >= 60);
+    assert_heap_mincore_ok(p);
+    assert_int_equal(rp_check(p), 0);
+    for (int i = 0; i < NS; i++)
+        rp_heap_free(p, t[i]);
+    assert_int_equal(rp_check(p), 0);
+    assert_int_equal(heap_counter(p, HC_OS_LOCKED), 0);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(p);
+}
+
+/* A lazy fragment older than purge_delay_ms is purged when another one turns
+ * lazy, and by rpi_heap_purge_lazy with a cutoff. */
+static void test_heap_lazy_expiry(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_lazy_pool(&log, 64 * MiB, 30);
+    char *a = rp_heap_alloc(p, 512 * KiB - HDR);
+    char *k1 = rp_heap_alloc(p, 100);
+    char *b = rp_heap_alloc(p, 512 * KiB - HDR);
+    char *k2 = rp_heap_alloc(p, 100);
+    char *c = rp_heap_alloc(p, 512 * KiB - HDR);
+    char *k3 = rp_heap_alloc(p, 100);
+    assert_non_null(k3);
+    memset(a, 1, 512 * KiB - HDR);
+    memset(b, 1, 512 * KiB - HDR);
+    memset(c, 1, 512 * KiB - HDR);
+    unsigned long madv = rp_os_calls(RP_OS_PURGE);
+    rp_heap_free(p, a);
+    assert_int_equal(heap_counter(p, HC_LAZY), 1);
+    usleep(80 * 1000);
+    rp_heap_free(p, b); /* a has expired: purged now, b turns lazy */
+    assert_int_equal(rp_os_calls(RP_OS_PURGE), madv + 1);
+    assert_int_equal(heap_counter(p, HC_LAZY), 1);
+    assert_true(rp_resident_bytes(a + page_size(), 256 * KiB) == 0);
+    assert_true(rp_resident_bytes(b, 256 * KiB) >= 256 * KiB);
+    /* A cutoff before b's time purges nothing; one after it purges b. */
+    uint64_t now = rpi_now_ms();
+    assert_int_equal(rpi_heap_purge_lazy(p, SIZE_MAX, now - 1000), 0);
+    usleep(20 * 1000);
+    assert_true(rpi_heap_purge_lazy(p, SIZE_MAX, rpi_now_ms()) > 0);
+    assert_int_equal(heap_counter(p, HC_LAZY), 0);
+    assert_heap_mincore_ok(p);
+    assert_int_equal(rp_check(p), 0);
+    rp_heap_free(p, c);
+    rp_heap_free(p, k1);
+    rp_heap_free(p, k2);
+    rp_heap_free(p, k3);
+    assert_int_equal(rp_check(p), 0);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(p);
+}
+
+/* At the physical budget the heap purges its own lazy fragments (outside its
+ * lock) before it gives up: memory it only keeps for speed never causes an
+ * ENOMEM. */
+static void test_heap_lazy_budget_squeeze(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_lazy_pool(&log, 64 * MiB, 60000);
+    rp_stats s0 = rp_test_stats(p);
+    assert_int_equal(rp_budget_set(p, RP_BUDGET_PHYSICAL, s0.physical_bytes + 2 * MiB + MiB / 2), 0);
+    char *a = rp_heap_alloc(p, 1 * MiB - HDR);
+    char *keep = rp_heap_alloc(p, 100);
+    assert_non_null(a);
+    assert_non_null(keep);
+    memset(a, 7, 1 * MiB - HDR);
+    rp_heap_free(p, a);
+    assert_int_equal(heap_counter(p, HC_LAZY), 1);
+    /* 2 MiB from never-touched pages: charged in full; fits only once the
+     * lazy 1 MiB is purged. */
+    char *b = rp_heap_alloc(p, 2 * MiB - HDR);
+    assert_non_null(b);
+    memset(b, 8, 2 * MiB - HDR);
+    assert_int_equal(heap_counter(p, HC_LAZY), 0);
+    rp_stats s = rp_test_stats(p);
+    assert_true(s.physical_bytes <= s.physical_budget);
+    assert_int_equal(s.fail_physical, s0.fail_physical);
+    assert_int_equal(s.heap_oom_count, 0);
+    assert_heap_mincore_ok(p);
+    assert_int_equal(rp_check(p), 0);
+    /* Beyond the budget it still fails cleanly. */
+    errno = 0;
+    assert_null(rp_heap_alloc(p, 2 * MiB - HDR));
+    assert_int_equal(errno, ENOMEM);
+    assert_int_equal(rp_test_stats(p).fail_physical, s0.fail_physical + 1);
+    rp_heap_free(p, b);
+    rp_heap_free(p, keep);
+    assert_int_equal(heap_counter(p, HC_OS_LOCKED), 0);
+    assert_int_equal(rp_check(p), 0);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(p);
+}
+
+/* Threads allocate, fill, verify and free purge-sized blocks: every purge
+ * runs outside the lock on a held fragment, concurrently with the other
+ * threads' operations. A purge that reached live memory would zero it (the
+ * whole block is verified); the account must be exact at the end. Under TSan
+ * this is also the race check of the deferred purges. */
+#define CP_THREADS 4
+#define CP_SLOTS 12
+
+struct cp_arg {
+    rp_pool *p;
+    int id, ops;
+    int bad;
+};
+
+static void *cp_worker(void *arg)
+{
+    struct cp_arg *x = arg;
+    uint64_t seed = 1000 + (uint64_t)x->id;
+    unsigned char *b[CP_SLOTS] = {0};
+    size_t n[CP_SLOTS] = {0};
+    unsigned char tag[CP_SLOTS] = {0};
+    for (int i = 0; i < x->ops; i++) {
+        int s = (int)(rng_next(&seed) % CP_SLOTS);
+        if (b[s]) {
+            for (size_t k = 0; k < n[s]; k += 509)
+                if (b[s][k] != tag[s])
+                    x->bad++;
+            if (b[s][n[s] - 1] != tag[s])
+                x->bad++;
+            rp_heap_free(x->p, b[s]);
+            b[s] = NULL;
+        } else {
+            size_t sz = 16 * KiB + (size_t)(rng_next(&seed) % (240 * KiB));
+            if (rng_next(&seed) % 4 == 0)
+                sz = 1 + (size_t)(rng_next(&seed) % 4000);
+            b[s] = rp_heap_alloc(x->p, sz);
+            if (b[s]) {
+                n[s] = sz;
+                tag[s] = (unsigned char)(x->id * 16 + s + 1);
+                memset(b[s], tag[s], sz);
+            }
+        }
+    }
+    for (int s = 0; s < CP_SLOTS; s++)
+        if (b[s])
+            rp_heap_free(x->p, b[s]);
+    return NULL;
+}
+
+static void concurrent_purges(uint32_t delay_ms)
+{
+    rp_errlog log = {0};
+    rp_pool *p = delay_ms ? make_lazy_pool(&log, 32 * MiB, delay_ms) : make_pool(&log, 32 * MiB);
+    pthread_t t[CP_THREADS];
+    struct cp_arg x[CP_THREADS];
+    for (int i = 0; i < CP_THREADS; i++) {
+        x[i] = (struct cp_arg){p, i, SLOW ? 600 : 3000, 0};
+        assert_int_equal(pthread_create(&t[i], NULL, cp_worker, &x[i]), 0);
+    }
+    for (int i = 0; i < CP_THREADS; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(x[i].bad, 0);
+    }
+    /* Quiescent: the account is exact (rp_check compares it) and above what
+     * the kernel finds resident. */
+    assert_int_equal(heap_counter(p, HC_HELD), 0);
+    assert_int_equal(heap_counter(p, HC_GROWING), 0);
+    assert_int_equal(heap_counter(p, HC_OS_LOCKED), 0);
+    assert_true(heap_counter(p, HC_OS_UNLOCKED) > 0);
+    assert_true(heap_counter(p, HC_LAZY_BYTES) <= heap_counter(p, HC_LAZY_MAX));
+    assert_int_equal(rp_test_stats(p).heap_allocated_bytes, 0);
+    assert_int_equal(rpi_heap_check(p), 0);
+    assert_int_equal(rp_check(p), 0);
+    assert_heap_mincore_ok(p);
+    rpi_heap_purge_lazy(p, SIZE_MAX, UINT64_MAX);
+    rp_stats s = rp_test_stats(p);
+    assert_true(s.heap_physical_bytes < page_size() + PURGE_MIN);
+    assert_int_equal(rp_check(p), 0);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(p);
+}
+
+static void test_heap_concurrent_purges(void **state)
+{
+    (void)state;
+    concurrent_purges(0);
+}
+
+static void test_heap_concurrent_purges_lazy(void **state)
+{
+    (void)state;
+    concurrent_purges(5); /* short: expiry purges happen too */
+}
+
 /* ---- threads and fork ---------------------------------------------------------- */
 
 #define XT_THREADS 4
@@ -1083,6 +1580,7 @@ int main(void)
         cmocka_unit_test(test_heap_size_limits),
         cmocka_unit_test(test_heap_no_heap),
         cmocka_unit_test(test_heap_random_walk),
+        cmocka_unit_test(test_heap_random_walk_lazy),
         cmocka_unit_test(test_heap_growth_keeps_blocks),
         cmocka_unit_test(test_heap_growth_extends_top),
         cmocka_unit_test(test_heap_purge_mincore),
@@ -1094,6 +1592,13 @@ int main(void)
         cmocka_unit_test(test_heap_corrupt_header_detected),
         cmocka_unit_test(test_heap_asan_poisoning),
         cmocka_unit_test(test_heap_guaranteed_live_bound),
+        cmocka_unit_test(test_heap_syscalls_outside_lock),
+        cmocka_unit_test(test_heap_lazy_keeps_and_purges),
+        cmocka_unit_test(test_heap_lazy_cap_and_slots),
+        cmocka_unit_test(test_heap_lazy_expiry),
+        cmocka_unit_test(test_heap_lazy_budget_squeeze),
+        cmocka_unit_test(test_heap_concurrent_purges),
+        cmocka_unit_test(test_heap_concurrent_purges_lazy),
         cmocka_unit_test(test_heap_threads_cross_free),
         cmocka_unit_test(test_heap_reuse_across_threads_at_new_address),
         cmocka_unit_test(test_heap_fork_while_busy),
