@@ -551,9 +551,11 @@ RP_API void *rp_allocator_call(rp_allocator a, size_t size, size_t align);
 /* Allocate size bytes (16-byte aligned). size 0 returns a unique pointer.
  * Sizes up to RP_OBJECT_MAX come from size-class slabs (rounding wastes under
  * 16 bytes up to 64 and under 25% of the request above); larger sizes up to
- * max(RP_OBJECT_MAX, region_min_bytes / 2) from the fallback heap, sizes up
- * to region_max_bytes from a region of their own, larger ones from the heap;
- * each size has one source (docs/OBJECTS.md).
+ * min(1 MiB, the heap's largest request, heap capacity / 8) from the
+ * fallback heap, or from a region of their own when the heap has no room;
+ * larger sizes up to region_max_bytes from a region of their own, larger
+ * ones from the heap (docs/OBJECTS.md "Routing"). On success errno is
+ * unchanged.
  * Returns NULL with errno = ENOMEM iff a budget, the heap or the OS refuses,
  * or size is too large for any of them.
  * Thread-safety: any thread; the common path takes no lock. */

@@ -7,51 +7,62 @@
  * equal objects, object 0 at the region base. Objects carry no header: the
  * class comes from the pointer's region descriptor (O(1) arithmetic), whose
  * 96-byte user area holds the slab's metadata (struct slab). Larger requests
- * go to the fallback heap (up to heap_max, see large_alloc) or to a region
- * of their own (RK_LARGE). docs/OBJECTS.md has the tables and the numbers.
+ * go to the fallback heap first (up to heap_route, see large_alloc) or to a
+ * region of their own (RK_LARGE). docs/OBJECTS.md has the tables and the
+ * numbers.
  *
  * Who touches what.
  *  - Each (thread, pool) shard holds a struct tcache in its ts->slab blob:
  *    per class a free list of objects of its current slab (the "bin"), the
- *    current slab, a list of partial slabs and a list of full slabs, plus a
- *    few empty slabs kept for reuse. Only the owning thread touches a
- *    tcache, except the per-class net counters (owner stores them relaxed,
- *    rpi_slab_stats loads them relaxed) and rp_check (hidden, quiescent).
+ *    current slab, a list of partial slabs and a list of full slabs, a few
+ *    empty slabs kept for reuse, and up to RB_N open batches of remote
+ *    frees (objects of other threads' slabs freed by this thread, not yet
+ *    pushed). Only the owning thread touches a tcache, except the per-class
+ *    net counters (owner stores them relaxed, rpi_slab_stats loads them
+ *    relaxed) and rp_check (hidden, quiescent).
  *  - A slab is owned by one tcache (s->owner = that thread's token: its
  *    thread pointer). Only the owner touches s->free (the local free list),
  *    s->used and the list links.
- *    Any thread reads s->owner, s->bump (relaxed) and the constant format
+ *    Any thread reads s->owner, s->lim (relaxed) and the constant format
  *    fields (size, cap, divc, first, cls: written before any object of the
  *    slab is handed out, so a freer holding a pointer sees them through the
- *    user's own hand-off of the pointer).
+ *    user's own hand-off of the pointer; it reads them before it releases
+ *    the object, see Sanitizers).
  *  - Frees by other threads go to the slab's remote list, whose head lives
  *    in the 64-bit word s->xword together with the list length and the
- *    ownership state; freers push with CAS, the owner takes the whole list
- *    with one exchange. The same word records abandonment: when a thread
- *    exits, its partly used slabs go to a pool-wide lock-free stack per
- *    class (p->slab->ab[c]) from which other threads adopt them by CAS on
- *    the word (exactly one wins); the freer whose free makes an abandoned
- *    slab completely free marks it DEAD and the next holder releases it.
+ *    ownership state; freers push with CAS (plain pools: a whole batch of
+ *    up to 64 objects per CAS), the owner takes the whole list with one
+ *    exchange. The same word records abandonment: when a thread exits, its
+ *    partly used slabs go to a pool-wide lock-free stack per class
+ *    (p->slab->ab[c]) from which other threads adopt them by CAS on the
+ *    word (exactly one wins); the freer whose free makes an abandoned slab
+ *    completely free marks it DEAD and the next holder releases it.
  *  - The fast paths (rp_alloc from a non-empty bin: 21 instructions;
  *    rp_free of an object of a current or partial slab the calling thread
- *    owns, not its last object out: 35) touch only the calling thread's
- *    tcache and slab metadata: no lock, no atomic read-modify-write, no
- *    call. They are compiled only without sanitizers and used only by
- *    tcaches that are not "slow" (hardened pool, or a TSan runtime present
- *    in the process). Owner words with bit 0 set (every slab of a slow
- *    tcache; full and empty slabs of any tcache) never match the fast
- *    free, so those frees take the general path, which does the list moves
- *    and the checks.
+ *    owns, not its last object out: 29; rp_free into an open batch: 62)
+ *    touch only the calling thread's tcache and slab metadata: no lock, no
+ *    atomic read-modify-write, and (but for the batch) no call. They are
+ *    compiled only without sanitizers and used only by tcaches that are
+ *    not "slow" (hardened pool, or a TSan runtime present in the process).
+ *    Owner words with bit 0 set (every slab of a slow tcache; full and
+ *    empty slabs of any tcache) never match the fast free, so those frees
+ *    take the general path, which does the list moves and the checks.
  *
- * Invariants (per slab; "bumped" = bump / size = slots ever handed out):
+ * Invariants (per slab; "bumped" = nbumped = slots ever handed out):
+ *   lim == bumped * step                  (step = divc * size mod 2^64)
  *   used == bumped - |s->free|            (objects with users, in the bin
  *                                          list when current, in the remote
- *                                          list: all counted in used)
+ *                                          list, in other threads' open
+ *                                          batches: all counted in used)
  *   XW_COUNT(xword) == |remote list| <= used
  *   owned, not current, not empty-cached:  used > 0
  *   abandoned: owner == 0, XW_AUSED == used at abandonment,
  *              live objects == XW_AUSED - XW_COUNT > 0 (else DEAD)
- *   hardened:  popcount(bitmap) == used - |bin list| - XW_COUNT
+ *   hardened:  popcount(bitmap) == used - |bin list| - XW_COUNT (hardened
+ *              pools never batch)
+ *   word 1 of an object == tag_key ^ its address  only while it is the
+ *              head of an open batch (the last object a thread freed into
+ *              that slab); cleared when another joins or the batch is pushed
  * Per class c:
  *   objects in use == ab[c].net + sum over live shards of bin[c].net
  *   (allocations count +1 in the allocating thread's shard, frees -1 in the
@@ -64,13 +75,17 @@
  * thread.c holds them and takes none.
  *
  * Sanitizers (see atomic.h). TSan: every free does rp_hb_release(obj)
- * before the object is linked anywhere, every allocation rp_hb_acquire(obj)
- * after it is unlinked; remote-list and abandoned-stack operations and every
- * read of a free-list link run hidden (RP_HIDE_*); abandonment hands the
- * slab's metadata over with rp_hb_release(s)/rp_hb_acquire(s); before a slab
- * is reformatted or released, its owner acquires every slot (the last free
- * of each slot happens-before the memory's next use). ASan: free objects and
- * never-used slots are poisoned; the link accessors opt out of ASan.
+ * before the object is linked anywhere (a batched free: when the user frees,
+ * not when the batch is pushed), every allocation rp_hb_acquire(obj) after
+ * it is unlinked; a remote freer reads the slab's plain fields before that
+ * release only (a batch push takes the format from the class table);
+ * remote-list and abandoned-stack operations, link and tag writes into free
+ * objects and every read of a link or tag run hidden (RP_HIDE_*), one
+ * hidden section per free; abandonment hands the slab's metadata over with
+ * rp_hb_release(s)/rp_hb_acquire(s); before a slab is reformatted or
+ * released, its owner acquires every slot (the last free of each slot
+ * happens-before the memory's next use). ASan: free objects and never-used
+ * slots are poisoned; the link and tag accessors opt out of ASan.
  */
 #include "internal.h"
 
@@ -100,6 +115,7 @@
 #define MIN_OBJS 8          /* objects per slab when region_max allows */
 #define EMPTY_MAX 4         /* empty slabs a thread keeps for reuse */
 #define FULL_SCAN 16        /* full slabs polled for remote frees per refill */
+#define HEAP_ROUTE_MAX ((size_t)1 << 20) /* mid sizes: heap first up to this */
 
 static const uint32_t cls_bytes[NCLS] = {
     16,    32,    48,    64,    80,    96,    112,   128,   160,   192,
@@ -167,20 +183,30 @@ enum { W_NONE = 0, W_CUR, W_PARTIAL, W_FULL, W_EMPTY, W_ABANDONED };
 #define OWNER_SLOW ((uint64_t)1) /* owner word bit 0: fast free never matches */
 
 /* Slab metadata, in the region descriptor's user area (descriptor bytes
- * 32..127: both of its cache lines). The fields the fast free reads come
- * first. */
+ * 32..127). The first cache line (descriptor bytes 0..63) holds all that
+ * the batched remote free reads (owner, divc, lim, xword), none of which
+ * the owner writes on its hot paths; the second holds the owner's hot
+ * fields (free, used), so batched remote frees and the owner's local frees
+ * do not share a line.
+ *
+ * Slot arithmetic. divc = ceil(2^64 / size), plus 1 when size is a power
+ * of two, and step = divc * size mod 2^64 (0 < step <= size). For a byte
+ * offset n < 2^32: n * divc mod 2^64 is k * step when n = k * size, and at
+ * least divc otherwise; the high half of the 128-bit product is k. So one
+ * multiplication and one compare against lim = bumped * step (< divc)
+ * check "n is the start of a slot that was handed out at least once". */
 struct slab {
     uint64_t owner;     /* owner token (| OWNER_SLOW), 0 = none; owner writes
                            relaxed, any thread reads relaxed */
+    uint64_t divc;      /* see above (constant while formatted) */
+    uint64_t lim;       /* bumped * step; owner writes relaxed, freers read
+                           relaxed */
+    uint64_t xword;     /* remote list + state; CAS by any thread */
+    char *first;        /* object 0 == the region base */
     void *free;         /* local free list (owner) */
-    uint64_t divc;      /* ceil(2^64 / size): n % size == 0 iff n * divc < divc */
-    uint64_t bump;      /* bytes of the object area handed out at least once;
-                           owner writes relaxed, freers read relaxed */
     int32_t used;       /* see the invariants (owner) */
     uint32_t bm_off;    /* hardened: bitmap offset from first */
     uint64_t *net;      /* owner's bin[cls].net (owner) */
-    uint64_t xword;     /* remote list + state; CAS by any thread */
-    char *first;        /* object 0 == the region base */
     uint32_t size;      /* object bytes */
     uint32_t cap;       /* objects */
     union {
@@ -193,9 +219,13 @@ struct slab {
     uint8_t where;      /* W_* (owner) */
     uint8_t flags;      /* SLAB_* (owner) */
     uint8_t spare;
+    uint32_t nbumped;   /* slots handed out at least once: lim / step (owner) */
 };
 _Static_assert(sizeof(struct slab) <= RP_DESC_USER_BYTES,
                "slab metadata fits the descriptor's user area");
+_Static_assert(offsetof(rp_rdesc, user) + offsetof(struct slab, xword) < RP_CACHELINE &&
+               offsetof(rp_rdesc, user) + offsetof(struct slab, free) >= RP_CACHELINE,
+               "remote-freer fields and owner-hot fields on different lines");
 
 /* Large object bookkeeping (RK_LARGE), in the descriptor's user area. */
 struct large {
@@ -218,27 +248,53 @@ struct cold {
                              objects (remote frees may be pending) */
 };
 
+/* An open batch of remote frees: objects of one slab owned by another
+ * thread, freed by this thread and not yet pushed to the slab's remote list
+ * (see "Remote-free batches" below). Only the tcache's thread touches it
+ * (and rp_check, hidden, quiescent). */
+struct rbuf {
+    struct slab *s;     /* slab of the batch; NULL: no batch open */
+    void *head;         /* chain of freed objects, last freed first, linked
+                           through their first word */
+    void *tail;         /* first object freed: the chain's end (link NULL) */
+    uint32_t left;      /* frees until the batch is pushed */
+    uint32_t cls;       /* s->cls (this thread's bin[cls].net counts) */
+};
+_Static_assert(sizeof(struct rbuf) == 32, "a power of two: one shift to index");
+
+#define RB_N 8          /* open batches per tcache, by slab granule index */
+#define RB_OBJS 64      /* objects per batch at most */
+#define RB_BYTES 8192   /* bytes per batch at most */
+
 struct tcache {
     struct bin bin[NCLS];
     struct cold cold[NCLS];
+    struct rbuf rb[RB_N]; /* open remote-free batches */
+    uint64_t tagkey;      /* pool-wide: word 1 of a batched object is
+                             tagkey ^ its address */
+    uint64_t gmask;       /* region_min_bytes - 1: offset in a granule */
     struct slab *empty;   /* empty slabs kept for reuse (any class) */
     uint32_t nempty;
     uint32_t inited;
     uint64_t token;       /* owner word of this tcache's slabs */
     uint32_t slow;        /* 1: no fast paths (hardened, TSan runtime) */
-    uint32_t spare;
+    uint32_t batch;       /* 1: remote frees are batched (not hardened) */
 };
 _Static_assert(sizeof(struct tcache) <= RP_TS_SLAB_BYTES,
                "the tcache fits the shard's slab blob");
+_Static_assert(offsetof(struct tcache, bin) == 0, "tlc.bins is the tcache");
+_Static_assert((RB_N & (RB_N - 1)) == 0, "RB_N is a power of two");
 _Static_assert(_Alignof(struct tcache) <= RP_CACHELINE, "blob alignment suffices");
 
 struct cls_info {
     uint32_t size;       /* object bytes */
     uint32_t cap;        /* objects per slab; 0: class not served by slabs */
-    uint64_t divc;       /* ceil(2^64 / size) */
+    uint64_t divc;       /* see struct slab */
     size_t slab_bytes;   /* region bytes of one slab */
     uint32_t bm_off;     /* hardened: bitmap offset from the slab base */
     uint32_t batch;      /* slots linked per bump extension */
+    uint32_t rbmax;      /* remote frees per batch (1: never batched) */
+    uint32_t spare;
 };
 
 /* Abandoned slabs of one class. */
@@ -251,8 +307,8 @@ struct ab_cls {
 struct slab_pool {
     struct ab_cls ab[NCLS];
     struct cls_info cls[NCLS];
-    uint64_t secret;     /* hardened link key */
-    size_t heap_max;     /* largest size routed to the heap first (0: none) */
+    uint64_t secret;     /* hardened link key; batch tag key */
+    size_t heap_route;   /* largest size routed to the heap first (0: none) */
     size_t base_align;   /* every region base is aligned to this */
 };
 
@@ -284,6 +340,22 @@ static inline struct tcache *tc_of_slab(struct slab *s)
                                      (size_t)s->cls * sizeof(struct bin) -
                                      offsetof(struct bin, net));
 }
+
+/* --*u > 0 for an owner-only count: on x86-64 one `sub` to memory and the
+ * branch on its flags (gcc keeps the old value in a register otherwise:
+ * three more instructions on the fast free). O(1). */
+#if RP_FAST
+static inline bool dec_positive(int32_t *u)
+{
+#if defined(__x86_64__) && defined(__GCC_ASM_FLAG_OUTPUTS__)
+    bool gt;
+    __asm__("subl $1, %0" : "+m"(*u), "=@ccg"(gt));
+    return gt;
+#else
+    return --*u > 0;
+#endif
+}
+#endif
 
 /* Update of a counter that only its owner thread writes and stats reads
  * with relaxed loads. TSan builds: a relaxed store. Other builds: a plain
@@ -367,6 +439,21 @@ NOASAN static void raw_store(void *o, void *v)
     *(void **)o = v;
 }
 
+/* Word 1 of a free object (every class holds at least two words): the tag
+ * of a batched remote free (see "Remote-free batches"). Same rules as the
+ * link accessors. may_alias: the object's memory was the user's. */
+typedef uint64_t __attribute__((may_alias)) rp_word;
+
+NOASAN static uint64_t word1_load(const void *o)
+{
+    return ((const rp_word *)o)[1];
+}
+
+NOASAN static void word1_store(void *o, uint64_t v)
+{
+    ((rp_word *)o)[1] = v;
+}
+
 static inline void *link_raw_get(const void *o)
 {
     RP_HIDE_BEGIN();
@@ -403,10 +490,23 @@ static inline uint32_t slot_index(const struct slab *s, uint64_t n)
     return (uint32_t)(((unsigned __int128)n * s->divc) >> 64);
 }
 
-/* Slots handed out at least once. O(1). */
+/* The multiplier of a class: ceil(2^64 / size), + 1 for powers of two (so
+ * that step = divc * size mod 2^64 is never 0; see struct slab). O(1). */
+static inline uint64_t divc_of(uint32_t size)
+{
+    return UINT64_MAX / size + 1 + (rp_is_pow2(size) ? 1 : 0);
+}
+
+/* step of s: lim grows by it per slot handed out. O(1). */
+static inline uint64_t step_of(const struct slab *s)
+{
+    return s->divc * s->size;
+}
+
+/* Slots handed out at least once (owner, or rp_check). O(1). */
 static inline uint32_t bumped(const struct slab *s)
 {
-    return slot_index(s, rp_load_relaxed_u64(&s->bump));
+    return s->nbumped;
 }
 
 /* Address of slot i. O(1). */
@@ -415,11 +515,18 @@ static inline void *slot(const struct slab *s, uint32_t i)
     return s->first + (size_t)i * s->size;
 }
 
+/* Byte offset n (any value) is the start of a slot of s handed out at least
+ * once. Below 2^32 the slot arithmetic of struct slab holds (k * step never
+ * wraps, and a non-multiple gives at least divc > lim). O(1). */
+static inline bool slot_ok(const struct slab *s, uint64_t n)
+{
+    return (n >> 32) == 0 && n * s->divc < rp_load_relaxed_u64(&s->lim);
+}
+
 /* A link read from slab s may point only at a handed-out slot of s. O(1). */
 static inline bool link_ok(const struct slab *s, const void *next)
 {
-    uint64_t n = (uint64_t)((uintptr_t)next - (uintptr_t)s->first);
-    return next == NULL || (n < rp_load_relaxed_u64(&s->bump) && n * s->divc < s->divc);
+    return next == NULL || slot_ok(s, (uint64_t)((uintptr_t)next - (uintptr_t)s->first));
 }
 
 /* Read the link of o in slab s. A hardened pool validates it: a link out
@@ -664,18 +771,20 @@ static uint32_t collect(rp_pool *p, struct slab *s)
 static void *extend(rp_pool *p, struct slab *s)
 {
     const struct cls_info *ci = &sp_of(p)->cls[s->cls];
-    uint32_t b = (uint32_t)rp_load_relaxed_u64(&s->bump);
-    uint32_t end = s->cap * s->size;
-    if (b >= end)
+    uint32_t nb = s->nbumped;
+    if (nb >= s->cap)
         return NULL;
-    uint32_t k = (end - b) / s->size;
+    uint32_t k = s->cap - nb;
     if (k > ci->batch)
         k = ci->batch;
-    char *o = s->first + b;
+    char *o = slot(s, nb);
     for (uint32_t i = 0; i + 1 < k; i++)
         link_set(p, o + (size_t)i * s->size, o + (size_t)(i + 1) * s->size);
     link_set(p, o + (size_t)(k - 1) * s->size, NULL);
-    rp_store_relaxed_u64(&s->bump, b + k * s->size);
+    s->nbumped = nb + k;
+    /* Freers of these slots read lim after the user's own hand-off of the
+     * pointer; relaxed suffices (they only compare against it). */
+    rp_store_relaxed_u64(&s->lim, (uint64_t)(nb + k) * step_of(s));
     s->used += (int32_t)k;
     return o;
 }
@@ -884,6 +993,28 @@ static struct slab *adopt(rp_pool *p, struct tcache *tc, unsigned c)
 /* ======================================================================== */
 /* The thread cache.                                                        */
 
+/* The pool's batch tag key: word 1 of a batched object is tag_key ^ its
+ * address (see "Remote-free batches"). Odd, so that no tag is 0 (objects
+ * are 16-byte aligned): a cleared word never looks tagged. O(1). */
+static inline uint64_t tag_key(const rp_pool *p)
+{
+    return (sp_of(p)->secret * 0x9e3779b97f4a7c15ull) | 1;
+}
+
+/* First use of a (zeroed) tcache. Out of line: tcache_get stays small
+ * enough to inline into the general paths. O(1). */
+__attribute__((noinline, cold)) static void tcache_init(rp_pool *p, struct tcache *tc)
+{
+    tc->slow = !RP_FAST || p->cfg.hardened || __tsan_acquire != NULL;
+    tc->token = thread_token() | (tc->slow ? OWNER_SLOW : 0);
+    /* Hardened pools push every remote free at once: the bitmap equation
+     * of rp_check counts remote frees on the slab's list. */
+    tc->batch = !p->cfg.hardened;
+    tc->tagkey = tag_key(p);
+    tc->gmask = ((uint64_t)1 << p->gshift) - 1;
+    tc->inited = 1;
+}
+
 /* The calling thread's tcache for p (created on first use), or NULL with
  * errno set. Refreshes the fast-path cache. O(1) (thread.c's TLS lookup). */
 static struct tcache *tcache_get(rp_pool *p)
@@ -892,11 +1023,8 @@ static struct tcache *tcache_get(rp_pool *p)
     if (!ts)
         return NULL;
     struct tcache *tc = tc_of_ts(ts);
-    if (RP_UNLIKELY(!tc->inited)) {
-        tc->slow = !RP_FAST || p->cfg.hardened || __tsan_acquire != NULL;
-        tc->token = thread_token() | (tc->slow ? OWNER_SLOW : 0);
-        tc->inited = 1;
-    }
+    if (RP_UNLIKELY(!tc->inited))
+        tcache_init(p, tc);
 #if RP_FAST
     if (!tc->slow) {
         tlc.id = p->id;
@@ -1004,6 +1132,8 @@ static void bin_flush(rp_pool *p, struct tcache *tc, unsigned c)
     s->used -= (int32_t)n;
 }
 
+static void rb_flush(rp_pool *p, struct tcache *tc, struct rbuf *e);
+
 /* Hand a shard's objects and slabs back (thread exit, rp_thread_detach,
  * pool destroy): bin lists to their slabs, completely free slabs and the
  * empty cache to the region pool, the others to the abandoned stacks, the
@@ -1022,6 +1152,11 @@ void rpi_slab_thread_exit(rp_pool *p, rp_tstate *ts)
         tlc.bins = NULL;
     }
 #endif
+    /* Open batches first: they may complete abandoned slabs, and pushes into
+     * this thread's own slabs are collected below. */
+    for (unsigned i = 0; i < RB_N; i++)
+        if (tc->rb[i].s)
+            rb_flush(p, tc, &tc->rb[i]);
     for (unsigned c = 0; c < NCLS; c++) {
         struct cold *k = &tc->cold[c];
         struct slab *s;
@@ -1095,17 +1230,37 @@ static void *slab_alloc(rp_pool *p, unsigned c, size_t align)
     }
 }
 
-/* Heap threshold and routing: see OBJECTS.md "Thresholds". Sizes above
- * heap_max and up to region_max_bytes get a region of their own; sizes
- * above region_max_bytes only fit the heap. align > 16 always takes a
- * region. NULL + errno (ENOMEM, counted) on failure. O(1); may call the OS
- * or take the heap lock. */
+/* Requests that no slab serves (see OBJECTS.md "Routing"): with align <=
+ * 16, sizes up to heap_route go to the heap first and, if it has no room,
+ * to a region of their own; sizes above region_max_bytes only fit the
+ * heap; the others (and every align > 16) take a region. NULL + errno
+ * (ENOMEM) on failure, counted once, by the layer that finally refuses
+ * (the heap's try entry does not count a refusal for lack of room). errno
+ * is unchanged on success. O(1); may call the OS or take the heap lock. */
 static void *large_alloc(rp_pool *p, size_t size, size_t align)
 {
     struct slab_pool *sp = sp_of(p);
     size_t rmax = p->cfg.region_max_bytes;
-    if (align <= 16 && (size <= sp->heap_max || size > rmax))
-        return rpi_heap_alloc(p, size);
+    if (align <= 16) {
+        if (size <= sp->heap_route) {
+            int err = errno;
+            void *o = rpi_heap_try_alloc(p, size);
+            if (o)
+                return o;
+#ifdef RPI_HEAP_TRY_ENOSPC
+            /* A budget or the OS refused (counted where it happened): a
+             * region would be refused the same way. Only lack of room
+             * (ENOSPC, not counted) falls back. */
+            if (errno != ENOSPC) {
+                errno = ENOMEM;
+                return NULL;
+            }
+#endif
+            errno = err;
+        } else if (size > rmax) {
+            return rpi_heap_alloc(p, size);
+        }
+    }
     size_t extra = align > sp->base_align ? align - sp->base_align : 0;
     if (size > rmax || extra > rmax - size)
         return rpi_fail_null(p, RP_FAIL_OTHER, ENOMEM);
@@ -1281,7 +1436,7 @@ static int locate(rp_pool *p, const void *ptr, const char *api, struct loc *L)
                        api, ptr, size, slot(s, (uint32_t)i));
         return LOC_BAD;
     }
-    if (n >= rp_load_relaxed_u64(&s->bump)) {
+    if (n * s->divc >= rp_load_relaxed_u64(&s->lim)) {
         rpi_report(p, RP_ERR_NOT_LIVE, ptr,
                    "%s(%p): %u-byte object slot never allocated", api, ptr, size);
         return LOC_BAD;
@@ -1343,21 +1498,38 @@ static void count_free(rp_pool *p, unsigned c)
         rp_sub_relaxed_u64(&sp_of(p)->ab[c].net, 1);
 }
 
-/* Free o (slot idx) into s, owned by another thread or abandoned: push it
- * on s's remote list. O(1) (CAS loop; a completing free of an abandoned slab
- * also sweeps its class). */
-static void free_remote(rp_pool *p, struct slab *s, void *o, uint32_t idx)
+/* Verdicts of a remote push. */
+enum { PUSHED, COMPLETED, DOUBLE_HEAD, DOUBLE_DEAD, DOUBLE_TAG };
+
+/* What a double-free verdict found, for the report. O(1). */
+static const char *double_why(int verdict)
 {
-    /* Read the format before the push: once our object is on the list, the
-     * owner may collect it, empty the slab and reformat it. */
-    unsigned c = s->cls;
-    rp_hb_release(o); /* before o is linked anywhere; pairs with its next
-                         allocation's rp_hb_acquire(o) */
-    rp_poison(o, s->size);
-    enum { PUSHED, COMPLETED, DOUBLE_HEAD, DOUBLE_DEAD } verdict;
+    switch (verdict) {
+    case DOUBLE_HEAD: return "it is the last object freed remotely";
+    case DOUBLE_DEAD: return "its abandoned slab has no object out";
+    default: return "it waits in a batch of remote frees";
+    }
+}
+
+/* Push o (slot idx of s; released to TSan and poisoned by the caller) on
+ * s's remote list. tag: o's batch tag, or 0 not to check it (o comes from
+ * one of our batches). Returns PUSHED; COMPLETED when the push made an
+ * abandoned slab DEAD (the caller sweeps and must not touch s again); or
+ * DOUBLE_HEAD / DOUBLE_DEAD / DOUBLE_TAG when o was not pushed (a double
+ * free). O(1) (CAS loop). */
+static int remote_push(rp_pool *p, struct slab *s, void *o, uint32_t idx, uint64_t tag)
+{
+    int verdict;
+    /* One hidden section per free: each begin/end advances TSan's epoch,
+     * and a thread whose epochs run out forgets its earlier accesses (user
+     * races would go unreported; see OBJECTS.md "Sanitizers"). */
     RP_HIDE_BEGIN();
     uint64_t w = rp_load_relaxed_u64(&s->xword);
     for (;;) {
+        if (tag && word1_load(o) == tag) {
+            verdict = DOUBLE_TAG;
+            break;
+        }
         uint32_t head = XW_HEAD(w), x = XW_COUNT(w), a = XW_AUSED(w);
         unsigned st = XW_STATE(w);
         if (head == idx + 1) {
@@ -1380,23 +1552,199 @@ static void free_remote(rp_pool *p, struct slab *s, void *o, uint32_t idx)
         }
     }
     RP_HIDE_END();
-    if (verdict == DOUBLE_HEAD || verdict == DOUBLE_DEAD) {
-        report_double(p, o, "rp_free",
-                      verdict == DOUBLE_HEAD ? "it is the last object freed remotely"
-                                             : "its abandoned slab has no object out");
+    return verdict;
+}
+
+/* After a push that made a slab of class c DEAD. Pairs with the fences in
+ * sweep and slab_abandon (after a push): either our sweep finds the slab or
+ * its pusher sees DEAD. O(abandoned slabs of c). */
+static void completed(rp_pool *p, unsigned c)
+{
+    rp_fence_seq_cst();
+    sweep(p, c);
+}
+
+/* Free o (slot idx) into s, owned by another thread or abandoned, at once:
+ * push it on s's remote list (hardened pools, abandoned slabs, classes too
+ * large to batch, threads without a shard). O(1) (CAS loop; a completing
+ * free of an abandoned slab also sweeps its class). */
+static void free_remote(rp_pool *p, struct slab *s, void *o, uint32_t idx)
+{
+    /* Read the format before the push: once our object is on the list, the
+     * owner may collect it, empty the slab and reformat it. */
+    unsigned c = s->cls;
+    rp_hb_release(o); /* before o is linked anywhere; pairs with its next
+                         allocation's rp_hb_acquire(o) */
+    rp_poison(o, s->size);
+    /* Hardened pools never tag (the bitmap decides). */
+    uint64_t tag = p->cfg.hardened ? 0 : tag_key(p) ^ (uint64_t)(uintptr_t)o;
+    int verdict = remote_push(p, s, o, idx, tag);
+    if (verdict >= DOUBLE_HEAD) {
+        report_double(p, o, "rp_free", double_why(verdict));
         return;
     }
     count_free(p, c);
-    if (verdict == COMPLETED) {
-        /* Pairs with the fences in sweep and slab_abandon (after a push):
-         * either our sweep finds the slab or its pusher sees DEAD. */
-        rp_fence_seq_cst();
-        sweep(p, c);
-    }
+    if (verdict == COMPLETED)
+        completed(p, c);
 }
 
-/* Free a located slab object: bitmap (hardened), then local or remote.
- * O(1) (see free_remote). */
+/* ---- Remote-free batches --------------------------------------------------
+ *
+ * A thread that frees objects of slabs owned by other live threads (plain
+ * pools) does not push each one with a CAS. It keeps up to RB_N open
+ * batches, one per slab, direct-mapped by the slab's first granule index:
+ * a chain of up to rbmax objects of that slab linked through their first
+ * word. A batch is pushed on the slab's remote list with one CAS (rb_flush)
+ * when it is full, when another slab needs its entry, and when the thread
+ * exits or detaches (rpi_slab_thread_exit).
+ *
+ * Counting: the free is counted (net) when the user frees. The slab keeps
+ * counting a batched object in `used` until the push, exactly as one in the
+ * user's hands, so a slab is never released or reformatted while a batch
+ * holds its objects: an open batch proves its slab is alive (the fast path
+ * relies on it).
+ *
+ * Double frees: word 1 of a batch's head (the last object this thread
+ * freed into the slab) holds tagkey ^ its address (tagkey is per pool and
+ * random); the tag moves to each new head and is cleared when the batch is
+ * pushed, so no live object carries one (tagging every batched object and
+ * clearing them all at the push cost a walk of the chain: 10% of a remote
+ * free). A non-owner's free that finds the tag is the immediate repeat of
+ * a batched free, by any thread; every remote free also checks the head of
+ * the slab's remote list, as before: together the two catch what the head
+ * check alone caught without batches. A batch the push finds inconsistent with the slab (its head
+ * already on the remote list, a DEAD slab, more frees than objects out) is
+ * pushed one object at a time with the same checks as an unbatched free.
+ */
+
+/* Push batch e (open) of tc on its slab's remote list and close it. The
+ * caller is tc's thread, or the destroyer of its shard
+ * (rpi_slab_thread_exit). O(objects in the batch) (clearing the tags; a
+ * completing push also sweeps). */
+static __attribute__((noinline)) void rb_flush(rp_pool *p, struct tcache *tc,
+                                               struct rbuf *e)
+{
+    struct slab *s = e->s;
+    void *head = e->head, *tail = e->tail;
+    unsigned c = e->cls;
+    uint64_t *net = &tc->bin[c].net;
+    uint32_t n = sp_of(p)->cls[c].rbmax - e->left;
+    e->s = NULL;
+    e->head = e->tail = NULL;
+    e->left = 0;
+    if (n == 0)
+        return; /* never: an empty batch is closed at once */
+    /* The format from the class and the pool's layout, not from s: our
+     * accesses to s after the objects' releases run hidden (once they are
+     * on the list the owner may collect them, empty the slab and reformat
+     * it; TSan cannot see that hand-off). */
+    const struct cls_info *ci = &sp_of(p)->cls[c];
+    char *first = rpi_desc_base(p, desc_of(s));
+    uint32_t cap = ci->cap, size = ci->size;
+    uint64_t divc = ci->divc;
+    uint32_t hidx =
+        (uint32_t)(((unsigned __int128)(uint64_t)((char *)head - first) * divc) >> 64);
+    int verdict = DOUBLE_HEAD;
+    RP_HIDE_BEGIN();
+    word1_store(head, 0); /* only the head carries the tag */
+    uint64_t w = rp_load_relaxed_u64(&s->xword);
+    for (;;) {
+        uint32_t h = XW_HEAD(w), x = XW_COUNT(w), a = XW_AUSED(w);
+        unsigned st = XW_STATE(w);
+        if (h == hidx + 1 || st == XS_DEAD || x + n > cap ||
+            (st == XS_ABANDONED && x + n > a))
+            break; /* one at a time, below */
+        link_set(p, tail, h ? first + (size_t)(h - 1) * size : NULL);
+        bool last = st == XS_ABANDONED && x + n == a;
+        /* CAS push of the whole chain; release: our link and tag writes
+         * before the new head. Pairs with the owner's exchange in
+         * collect, the adopter's CAS in adopt and (when this makes an
+         * abandoned slab DEAD) release_dead's CAS. */
+        if (rp_cas_u64(&s->xword, &w,
+                       XW_MAKE(hidx + 1, x + n, a, last ? XS_DEAD : st))) {
+            verdict = last ? COMPLETED : PUSHED;
+            break;
+        }
+    }
+    RP_HIDE_END();
+    if (verdict == DOUBLE_HEAD) {
+        /* Each object as a single remote free. After a push completes the
+         * slab, s may be released: the rest are double frees. */
+        verdict = PUSHED;
+        void *o = head;
+        for (uint32_t i = 0; i < n; i++) {
+            RP_HIDE_BEGIN();
+            void *next = raw_load(o); /* before the push rewrites it */
+            RP_HIDE_END();
+            int v = DOUBLE_DEAD;
+            if (verdict != COMPLETED) {
+                uint64_t off = (uint64_t)((char *)o - first);
+                uint32_t idx = (uint32_t)(((unsigned __int128)off * divc) >> 64);
+                v = remote_push(p, s, o, idx, 0);
+            }
+            if (v >= DOUBLE_HEAD) {
+                report_double(p, o, "rp_free", double_why(v));
+                owner_add(net, 1); /* it was counted as a free */
+            } else if (v == COMPLETED) {
+                verdict = COMPLETED;
+            }
+            o = next;
+        }
+    }
+    if (verdict == COMPLETED)
+        completed(p, c);
+}
+
+/* Free o (slot idx) of s, owned by another live thread, into tc's batch for
+ * s (this thread's tcache). O(1), plus rb_flush when a batch is pushed. */
+static void free_batched(rp_pool *p, struct tcache *tc, struct slab *s, void *o,
+                         uint32_t idx)
+{
+    uint64_t tag = tc->tagkey ^ (uint64_t)(uintptr_t)o;
+    /* Every plain read of s before the release: the slab's next format
+     * happens after it (acquire_slots). */
+    unsigned c = s->cls;
+    uint32_t size = s->size;
+    struct rbuf *e = &tc->rb[rpi_desc_index(p, desc_of(s)) & (RB_N - 1)];
+    if (e->s != s) {
+        if (e->s)
+            rb_flush(p, tc, e);
+        e->s = s; /* open, empty until an object joins */
+        e->head = e->tail = NULL;
+        e->cls = c;
+        e->left = sp_of(p)->cls[c].rbmax;
+    }
+    rp_hb_release(o); /* before o is linked anywhere; pairs with its next
+                         allocation's rp_hb_acquire(o) */
+    rp_poison(o, size);
+    /* One hidden section per free (see remote_push). */
+    RP_HIDE_BEGIN();
+    uint64_t t = word1_load(o);
+    uint64_t w = rp_load_relaxed_u64(&s->xword);
+    bool dbl = t == tag || XW_HEAD(w) == idx + 1;
+    if (!dbl) {
+        if (e->head)
+            word1_store(e->head, 0); /* the tag moves to the new head */
+        raw_store(o, e->head);
+        word1_store(o, tag);
+    }
+    RP_HIDE_END();
+    if (dbl) {
+        if (!e->head)
+            e->s = NULL; /* an empty batch proves nothing: close it */
+        report_double(p, o, "rp_free", double_why(t == tag ? DOUBLE_TAG : DOUBLE_HEAD));
+        return;
+    }
+    if (!e->tail)
+        e->tail = o;
+    e->head = o;
+    owner_add(&tc->bin[c].net, (uint64_t)-1);
+    if (--e->left == 0)
+        rb_flush(p, tc, e);
+}
+
+/* Free a located slab object: bitmap (hardened), then local, batched or
+ * remote. O(1) (see free_remote, free_batched). */
 static void slab_free(rp_pool *p, struct loc *L, void *ptr)
 {
     struct slab *s = L->s;
@@ -1405,8 +1753,12 @@ static void slab_free(rp_pool *p, struct loc *L, void *ptr)
         return;
     }
     uint64_t own = rp_load_relaxed_u64(&s->owner);
+    struct tcache *tc;
     if (own != 0 && (own & ~OWNER_SLOW) == thread_token())
         free_local(p, s, ptr);
+    else if (own != 0 && sp_of(p)->cls[s->cls].rbmax > 1 &&
+             (tc = tcache_peek(p)) != NULL && tc->batch)
+        free_batched(p, tc, s, ptr, L->idx);
     else
         free_remote(p, s, ptr, L->idx);
 }
@@ -1447,17 +1799,59 @@ __attribute__((noinline)) static void free_general(rp_pool *p, void *ptr)
     }
 }
 
-/* Public API, see rpool.h. Fast path O(1) and no call; otherwise see
+#if RP_FAST
+/* rp_free's batched fast path: ptr is in a carved granule whose descriptor
+ * is not owned by this thread, and this thread's tcache is the fast-path
+ * one (tlc). Out of line, so that the local fast path keeps no stack frame
+ * and no extra register. O(1) (pushing a batch: rb_flush). */
+__attribute__((noinline)) static void free_batched_fast(rp_pool *p, void *ptr)
+{
+    uint64_t off = (uint64_t)((uintptr_t)ptr - (uintptr_t)p->rbase);
+    uint64_t g = off >> p->gshift;
+    struct slab *s = slab_of(&p->desc[g]);
+    struct tcache *tc = (struct tcache *)(void *)tlc.bins;
+    struct rbuf *e = &tc->rb[g & (RB_N - 1)];
+    if (RP_LIKELY(e->s == s)) {
+        /* s is alive and starts at granule g. */
+        unsigned __int128 m = (unsigned __int128)(off & tc->gmask) * s->divc;
+        uint64_t tag = tc->tagkey ^ (uint64_t)(uintptr_t)ptr;
+        uint64_t w = rp_load_relaxed_u64(&s->xword);
+        if (RP_LIKELY((uint64_t)m < rp_load_relaxed_u64(&s->lim) &&
+                      ((rp_word *)ptr)[1] != tag &&
+                      XW_HEAD(w) != (uint32_t)(m >> 64) + 1)) {
+            void *h = e->head; /* never NULL: the batch is open */
+            ((rp_word *)h)[1] = 0; /* the tag moves to the new head */
+            ((rp_word *)ptr)[1] = tag;
+            /* Two plain stores, not one vector store built from two
+             * registers (gcc's SLP pass). */
+            __asm__("" ::: "memory");
+            ((rp_word *)ptr)[0] = (uint64_t)(uintptr_t)h;
+            e->head = ptr;
+            owner_add(&tc->bin[e->cls].net, (uint64_t)-1);
+            if (RP_UNLIKELY(--e->left == 0))
+                rb_flush(p, tc, e);
+            return;
+        }
+    }
+    free_general(p, ptr);
+}
+#endif
+
+/* Public API, see rpool.h. Fast paths O(1) and no call; otherwise see
  * free_general. */
 void rp_free(rp_pool *p, void *ptr)
 {
 #if RP_FAST
-    /* Fast path: an object of a slab this thread owns, current or partial
-     * (full and empty slabs carry the slow owner bit), not its last object
-     * out (that one, and a double free into an empty slab, go the general
-     * way). A released or foreign region's descriptor never holds a token,
-     * and a pointer past the carved area (NULL included) fails the granule
-     * check. */
+    /* Fast paths, for an object of the first granule of a slab (a pointer
+     * past the carved area, NULL included, fails the granule check):
+     *  - local: a slab this thread owns, current or partial (full and empty
+     *    slabs carry the slow owner bit), not its last object out (that
+     *    one, and a double free into an empty slab, go the general way). A
+     *    released or foreign region's descriptor never holds a token.
+     *  - batched: a slab for which this thread has an open batch of remote
+     *    frees (which proves the slab alive; see "Remote-free batches").
+     * Both check that ptr is a handed-out slot of the slab and the
+     * immediate-repeat double free the general path checks. */
     if (RP_LIKELY(p != NULL)) {
         /* Shared words first: ck's loads are compiler barriers. */
         uint64_t hwm = rp_load_relaxed_u64(&p->hwm);
@@ -1469,14 +1863,19 @@ void rp_free(rp_pool *p, void *ptr)
             if (RP_LIKELY(rp_load_relaxed_u64(&s->owner) == thread_token())) {
                 uint64_t n = (uint64_t)((char *)ptr - s->first);
                 void *h = s->free;
-                if (RP_LIKELY(n < s->bump && n * s->divc < s->divc && h != ptr &&
-                              s->used > 1)) {
-                    s->used--;
-                    *(void **)ptr = h;
-                    s->free = ptr;
-                    owner_add(s->net, (uint64_t)-1);
-                    return;
+                /* lim: a plain read, we are its only writer. */
+                if (RP_LIKELY(n * s->divc < s->lim && h != ptr)) {
+                    if (RP_LIKELY(dec_positive(&s->used))) {
+                        *(void **)ptr = h;
+                        s->free = ptr;
+                        owner_add(s->net, (uint64_t)-1);
+                        return;
+                    }
+                    s->used++; /* its last object out: the general path */
                 }
+            } else if (tlc.id == p->id) {
+                free_batched_fast(p, ptr);
+                return;
             }
         }
     }
@@ -1575,8 +1974,11 @@ int rpi_slab_init(rp_pool *p)
         struct cls_info *ci = &sp->cls[c];
         uint32_t size = cls_bytes[c];
         ci->size = size;
-        ci->divc = UINT64_MAX / size + 1;
+        ci->divc = divc_of(size);
         ci->batch = 4096 / size > MIN_OBJS ? 4096 / size : MIN_OBJS;
+        ci->rbmax = RB_BYTES / size < RB_OBJS ? RB_BYTES / size : RB_OBJS;
+        if (ci->rbmax < 1)
+            ci->rbmax = 1;
         for (unsigned rc = 0; rc < p->nclasses; rc++) {
             size_t bytes = gran << rc;
             size_t cap = bytes / size;
@@ -1597,9 +1999,20 @@ int rpi_slab_init(rp_pool *p)
     sp->base_align = rb ? (size_t)(rb & -rb) : gran;
     if (sp->base_align > gran)
         sp->base_align = gran;
-    sp->heap_max = 0;
-    if (p->heap_bytes)
-        sp->heap_max = gran / 2 > RP_OBJECT_MAX ? gran / 2 : RP_OBJECT_MAX;
+    /* heap_route = min(1 MiB, the largest request the heap can hold, its
+     * capacity / 8); see OBJECTS.md "Why these thresholds". */
+    sp->heap_route = 0;
+    if (p->heap_bytes) {
+        rp_stats hs;
+        memset(&hs, 0, sizeof hs);
+        rpi_heap_stats(p, &hs);
+        size_t route = HEAP_ROUTE_MAX, hmax = rpi_heap_max_request(p);
+        if (route > hmax)
+            route = hmax;
+        if (route > hs.heap_capacity_bytes / 8)
+            route = hs.heap_capacity_bytes / 8;
+        sp->heap_route = route;
+    }
     sp->secret = random64();
     p->slab = sp;
     return 0;
@@ -1713,11 +2126,12 @@ static void chk_slab(struct chk *k, struct slab *s, unsigned c, uint64_t owner,
     }
     if (s->flags & SLAB_QUARANTINE)
         return; /* damaged (reported when found): its lists are not trusted */
-    uint64_t bump = rp_load_relaxed_u64(&s->bump);
+    uint64_t lim = rp_load_relaxed_u64(&s->lim);
     uint32_t nb = bumped(s);
-    if (nb > s->cap || (uint64_t)nb * s->size != bump) {
-        chk_fail(k, s->first, "check: slab %p: bump %llu is not a slot boundary within "
-                 "%u slots", (void *)s->first, (unsigned long long)bump, s->cap);
+    if (s->divc != ci->divc || nb > s->cap || (uint64_t)nb * step_of(s) != lim) {
+        chk_fail(k, s->first, "check: slab %p: %u slots handed out of %u, limit %llu "
+                 "(divc %#llx)", (void *)s->first, nb, s->cap, (unsigned long long)lim,
+                 (unsigned long long)s->divc);
         return;
     }
     uint32_t nfree = chk_list(k, s, s->free, "local");
@@ -1745,7 +2159,7 @@ static void chk_slab(struct chk *k, struct slab *s, unsigned c, uint64_t owner,
     if (where == W_EMPTY && s->used != 0)
         chk_fail(k, s->first, "check: cached empty slab %p has %d objects out",
                  (void *)s->first, s->used);
-    if (where == W_PARTIAL && !s->free && bump == (uint64_t)s->cap * s->size)
+    if (where == W_PARTIAL && !s->free && nb == s->cap)
         chk_fail(k, s->first, "check: partial slab %p has nothing to give",
                  (void *)s->first);
     if (p->cfg.hardened && !k->bad) {
@@ -1783,7 +2197,43 @@ static void chk_owner_list(struct chk *k, struct slab *head, unsigned c, uint64_
     } while (s != head && ++n < k->limit && !k->bad);
 }
 
-/* Check one shard's slabs. O(its slabs x objects per slab). */
+/* Check one open batch of remote frees of tc: its slab is a live slab of
+ * its class, and the chain has exactly rbmax - left objects of handed-out
+ * slots, ending at tail, the head tagged and no other. O(objects in the
+ * batch). */
+static void chk_batch(struct chk *k, struct tcache *tc, const struct rbuf *e)
+{
+    rp_pool *p = k->p;
+    struct slab *s = e->s;
+    rp_rdesc *d = desc_of(s);
+    uint32_t w = rp_load_relaxed_u32(&d->word);
+    if (RW_STATE(w) != RS_IN_USE || RW_KIND(w) != RK_SLAB || e->cls >= NCLS ||
+        s->cls != e->cls || e->left >= sp_of(p)->cls[e->cls].rbmax || !tc->batch) {
+        chk_fail(k, s->first, "check: batch of remote frees for slab %p: region word "
+                 "%#x, class %u/%u, %u frees left", (void *)s->first, w, e->cls, s->cls,
+                 e->left);
+        return;
+    }
+    uint32_t n = sp_of(p)->cls[e->cls].rbmax - e->left, i = 0;
+    const void *o = e->head, *last = NULL;
+    for (; o && i < n; i++) {
+        uint64_t tag = tc->tagkey ^ (uint64_t)(uintptr_t)o;
+        if (!link_ok(s, o) || (word1_load(o) == tag) != (o == e->head)) {
+            chk_fail(k, o, "check: batch of remote frees for slab %p holds %p: not a "
+                     "handed-out slot, or the tag is not on the head alone",
+                     (void *)s->first, o);
+            return;
+        }
+        last = o;
+        o = raw_load(o);
+    }
+    if (i != n || o != NULL || last != e->tail)
+        chk_fail(k, e->head, "check: batch of remote frees for slab %p: %u objects, "
+                 "count says %u, or it does not end at its tail", (void *)s->first, i, n);
+}
+
+/* Check one shard's slabs and open batches. O(its slabs x objects per
+ * slab). */
 static void chk_shard(rp_tstate *ts, void *arg)
 {
     struct chk *k = arg;
@@ -1803,10 +2253,14 @@ static void chk_shard(rp_tstate *ts, void *arg)
             chk_owner_list(k, cd->full, c, tc->token | OWNER_SLOW, W_FULL);
         }
         uint32_t n = 0;
-        for (struct slab *s = tc->empty; s && !k->bad; s = s->u.l.next, n++)
+        for (struct slab *s = tc->empty; s && !k->bad && n <= EMPTY_MAX;
+             s = s->u.l.next, n++)
             chk_slab(k, s, s->cls, tc->token | OWNER_SLOW, W_EMPTY, NULL);
         if (n != tc->nempty && !k->bad)
             chk_fail(k, NULL, "check: %u empty slabs cached, count says %u", n, tc->nempty);
+        for (unsigned i = 0; i < RB_N && !k->bad; i++)
+            if (tc->rb[i].s)
+                chk_batch(k, tc, &tc->rb[i]);
     }
     RP_HIDE_END();
 }

@@ -4,7 +4,8 @@
  * every free, and overwritten with a dead magic just before the free. A
  * block whose memory still holds a live magic when it is handed out was
  * handed out twice: that is reported. At the end every counter must be back
- * to its baseline and rp_check must pass. */
+ * to its baseline and rp_check must pass. It runs twice: on a plain pool
+ * (remote frees batched per thread, fast paths) and on a hardened one. */
 #include "stress_common.h"
 
 #define LIVE 0x4c495645u /* "LIVE" */
@@ -164,51 +165,71 @@ static void *worker(void *arg)
     return (void *)ops;
 }
 
-int main(int argc, char **argv)
+/* One phase on a fresh pool: hardened (every remote free pushed at once,
+ * bitmaps) or plain (remote frees batched per thread, fast paths). */
+static long run_phase(const struct stress_args *a, int hardened, double seconds)
 {
-    struct stress_args a = stress_parse(argc, argv, "stress_transfer", 4,
-                                        STRESS_TSAN ? 1.0 : 2.0, 0);
     rp_config c;
     rp_config_init(&c);
     c.reserve_bytes = (size_t)4 << 30;
     c.heap_bytes = 256 * MiB;
     c.purge_delay_ms = 20;
-    c.hardened = 1;
+    c.hardened = hardened;
     c.error_hook = stress_error_hook;
     pool = rp_pool_create(&c);
     if (!pool)
-        return stress_fail("pool"), 1;
-    rp_stats base;
-    rp_stats_get(pool, &base);
-    deadline = stress_now() + a.seconds;
+        return stress_fail("pool"), 0;
+    deadline = stress_now() + seconds;
     pthread_t t[64];
     long total = 0;
-    for (int i = 0; i < a.threads && i < 64; i++)
-        pthread_create(&t[i], NULL, worker, (void *)(uintptr_t)(a.seed + (uint64_t)i * 7919));
-    for (int i = 0; i < a.threads && i < 64; i++) {
+    for (int i = 0; i < a->threads && i < 64; i++)
+        pthread_create(&t[i], NULL, worker,
+                       (void *)(uintptr_t)(a->seed + (uint64_t)i * 7919 + (uint64_t)hardened));
+    for (int i = 0; i < a->threads && i < 64; i++) {
         void *ops;
         pthread_join(t[i], &ops);
         total += (long)ops;
     }
-    for (int s = 0; s < NSLOTS; s++)
-        if (slots[s].ptr)
-            consume(slots[s].ptr);
+    for (int s = 0; s < NSLOTS; s++) {
+        void *p = slots[s].ptr;
+        slots[s].ptr = NULL;
+        if (p)
+            consume(p);
+    }
     rp_thread_detach(pool);
     rp_stats st;
     rp_stats_get(pool, &st);
-    STRESS_CHECK(st.slab_bytes == 0, "slab_bytes %zu after draining", st.slab_bytes);
-    STRESS_CHECK(st.arena_bytes == 0, "arena_bytes %zu after draining", st.arena_bytes);
-    STRESS_CHECK(st.heap_allocated_bytes == 0, "heap %zu after draining", st.heap_allocated_bytes);
-    STRESS_CHECK(st.region_in_use_bytes == 0, "regions in use %zu", st.region_in_use_bytes);
-    STRESS_CHECK(rp_check(pool) == 0, "rp_check");
+    const char *mode = hardened ? "hardened" : "plain";
+    STRESS_CHECK(st.slab_bytes == 0, "%s: slab_bytes %zu after draining", mode, st.slab_bytes);
+    STRESS_CHECK(st.arena_bytes == 0, "%s: arena_bytes %zu after draining", mode,
+                 st.arena_bytes);
+    STRESS_CHECK(st.heap_allocated_bytes == 0, "%s: heap %zu after draining", mode,
+                 st.heap_allocated_bytes);
+    STRESS_CHECK(st.region_in_use_bytes == 0, "%s: regions in use %zu", mode,
+                 st.region_in_use_bytes);
+    STRESS_CHECK(st.errors == 0, "%s: %llu errors reported", mode,
+                 (unsigned long long)st.errors);
+    STRESS_CHECK(rp_check(pool) == 0, "%s: rp_check", mode);
     rp_purge(pool);
     rp_stats_get(pool, &st);
     STRESS_CHECK(st.physical_bytes == st.metadata_bytes + st.heap_physical_bytes,
-                 "physical %zu != metadata %zu + heap %zu after purge", st.physical_bytes,
-                 st.metadata_bytes, st.heap_physical_bytes);
-    char sum[160];
-    snprintf(sum, sizeof sum, "%ld exchanges, %llu blocks, physical %zu (metadata %zu)", total,
-             (unsigned long long)serials, st.physical_bytes, st.metadata_bytes);
+                 "%s: physical %zu != metadata %zu + heap %zu after purge", mode,
+                 st.physical_bytes, st.metadata_bytes, st.heap_physical_bytes);
     rp_pool_destroy(pool);
+    pool = NULL;
+    return total;
+}
+
+int main(int argc, char **argv)
+{
+    struct stress_args a = stress_parse(argc, argv, "stress_transfer", 4,
+                                        STRESS_TSAN ? 1.0 : 2.0, 0);
+    /* Half the time each: the plain pool batches remote frees, the
+     * hardened one does not. */
+    long plain = run_phase(&a, 0, a.seconds / 2);
+    long hard = run_phase(&a, 1, a.seconds / 2);
+    char sum[160];
+    snprintf(sum, sizeof sum, "%ld exchanges plain, %ld hardened, %llu blocks", plain, hard,
+             (unsigned long long)serials);
     return stress_finish("stress_transfer", sum);
 }

@@ -139,12 +139,12 @@ static void test_slab_class_boundaries(void **state)
         rp_free(p, a);
         rp_free(p, b);
     }
-    /* Beyond: 32 KiB + 1 up to a granule is a region of its own with the
-     * test config (granule 64 KiB: the heap's power-of-two block would be
-     * no smaller), as are sizes up to region_max; above region_max only the
-     * heap fits. */
+    /* Beyond: 32 KiB + 1 up to the heap route (min(1 MiB, the heap's
+     * largest request, its capacity / 8): 1 MiB with the test config's
+     * 64 MiB heap) comes from the heap; above it up to region_max a region
+     * of its own; above region_max only the heap fits. */
     size_t big[] = {RP_OBJECT_MAX + 1, 64 * KiB - 1, 64 * KiB, 64 * KiB + 1,
-                    1 * MiB, 4 * MiB - 1, 4 * MiB, 4 * MiB + 1, 16 * MiB};
+                    1 * MiB, 1 * MiB + 1, 4 * MiB - 1, 4 * MiB, 4 * MiB + 1, 16 * MiB};
     rp_stats base = rp_test_stats(p);
     for (size_t i = 0; i < sizeof big / sizeof big[0]; i++) {
         void *o = rp_alloc(p, big[i]);
@@ -153,7 +153,7 @@ static void test_slab_class_boundaries(void **state)
         size_t u = rp_usable_size(p, o);
         assert_true(u >= big[i]);
         rp_stats s = rp_test_stats(p);
-        if (big[i] <= 4 * MiB) { /* a region of its own: power of two */
+        if (big[i] > 1 * MiB && big[i] <= 4 * MiB) { /* a region: power of two */
             size_t r = 64 * KiB;
             while (r < big[i])
                 r *= 2;
@@ -183,44 +183,58 @@ static void test_slab_class_boundaries(void **state)
     rp_pool_destroy(p);
 }
 
-/* With a larger granule the heap serves sizes up to half a granule. */
+/* Mid sizes go to the heap first, up to min(1 MiB, the heap's largest
+ * request, its capacity / 8), whatever the granule; above that a region of
+ * its own. */
 static void test_slab_heap_threshold(void **state)
 {
     (void)state;
     rp_errlog log = {0};
-    rp_config c = rp_test_config(&log);
-    c.region_min_bytes = 1 * MiB;
-    c.region_max_bytes = 16 * MiB;
-    rp_pool *p = rp_pool_create(&c);
-    assert_non_null(p);
-    rp_stats b = rp_test_stats(p);
-    void *h = rp_alloc(p, 512 * KiB);   /* <= granule / 2: heap */
-    void *r = rp_alloc(p, 512 * KiB + 1); /* a region of its own */
-    assert_non_null(h);
-    assert_non_null(r);
-    rp_stats s = rp_test_stats(p);
-    assert_true(s.heap_allocated_bytes > b.heap_allocated_bytes);
-    assert_int_equal(s.region_in_use_bytes, b.region_in_use_bytes + 1 * MiB);
-    assert_true(rp_usable_size(p, h) >= 512 * KiB);
-    assert_int_equal(rp_usable_size(p, r), 1 * MiB);
-    rp_free(p, h);
-    rp_free(p, r);
-    s = rp_test_stats(p);
-    assert_int_equal(s.heap_allocated_bytes, b.heap_allocated_bytes);
-    assert_int_equal(s.region_in_use_bytes, b.region_in_use_bytes);
-    /* Small objects still come from slabs (one granule each). */
-    void *o = rp_alloc(p, 100);
-    assert_int_equal(rp_usable_size(p, o), 112);
-    rp_free(p, o);
-    assert_int_equal(log.count, 0);
-    assert_int_equal(rp_check(p), 0);
-    rp_pool_destroy(p);
+    struct {
+        size_t granule, heap, route, region; /* region: bytes for route + 1 */
+    } cases[] = {
+        {1 * MiB, 64 * MiB, 1 * MiB, 2 * MiB},    /* the 1 MiB cap */
+        {64 * KiB, 64 * MiB, 1 * MiB, 2 * MiB},
+        {64 * KiB, 4 * MiB, 512 * KiB, 1 * MiB},  /* capacity / 8 */
+        {1 * MiB, 2 * MiB, 256 * KiB, 1 * MiB},   /* capacity / 8, one granule */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        rp_config c = rp_test_config(&log);
+        c.region_min_bytes = cases[i].granule;
+        c.region_max_bytes = 16 * MiB;
+        c.heap_bytes = cases[i].heap;
+        rp_pool *p = rp_pool_create(&c);
+        assert_non_null(p);
+        log.count = 0; /* small heaps warn about their fragmentation bound */
+        rp_stats b = rp_test_stats(p);
+        void *h = rp_alloc(p, cases[i].route);      /* the heap */
+        void *r = rp_alloc(p, cases[i].route + 1);  /* a region of its own */
+        assert_non_null(h);
+        assert_non_null(r);
+        rp_stats s = rp_test_stats(p);
+        assert_true(s.heap_allocated_bytes > b.heap_allocated_bytes);
+        assert_int_equal(s.region_in_use_bytes, b.region_in_use_bytes + cases[i].region);
+        assert_true(rp_usable_size(p, h) >= cases[i].route);
+        assert_int_equal(rp_usable_size(p, r), cases[i].region);
+        rp_free(p, h);
+        rp_free(p, r);
+        s = rp_test_stats(p);
+        assert_int_equal(s.heap_allocated_bytes, b.heap_allocated_bytes);
+        assert_int_equal(s.region_in_use_bytes, b.region_in_use_bytes);
+        /* Small objects still come from slabs. */
+        void *o = rp_alloc(p, 100);
+        assert_int_equal(rp_usable_size(p, o), 112);
+        rp_free(p, o);
+        assert_int_equal(log.count, 0);
+        assert_int_equal(rp_check(p), 0);
+        rp_pool_destroy(p);
+    }
 
     /* No heap: everything above RP_OBJECT_MAX up to region_max is a region;
      * above it nothing fits. */
-    c = rp_test_config(&log);
+    rp_config c = rp_test_config(&log);
     c.heap_bytes = 0;
-    p = rp_pool_create(&c);
+    rp_pool *p = rp_pool_create(&c);
     assert_non_null(p);
     void *a = rp_alloc(p, 40000);
     assert_non_null(a);
@@ -230,6 +244,106 @@ static void test_slab_heap_threshold(void **state)
     assert_int_equal(errno, ENOMEM);
     rp_free(p, a);
     assert_int_equal(log.count, 0);
+    rp_pool_destroy(p);
+}
+
+/* A full heap does not fail a mid-size request: it falls back to a region
+ * of its own, and nothing counts as a failure. rp_free, rp_usable_size and
+ * rp_realloc work on both kinds of block. */
+static void test_slab_mid_size_heap_full(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_config c = rp_test_config(&log);
+    c.heap_bytes = 1 * MiB; /* route: capacity / 8 = 128 KiB */
+    rp_pool *p = rp_pool_create(&c);
+    assert_non_null(p);
+    log.count = 0; /* a small heap warns about its fragmentation bound */
+    rp_stats b = rp_test_stats(p);
+    enum { N = 24, SZ = 100 * 1024 };
+    char *o[N];
+    int nheap = 0, nregion = 0;
+    for (int i = 0; i < N; i++) {
+        rp_stats before = rp_test_stats(p);
+        o[i] = rp_alloc(p, SZ);
+        assert_non_null(o[i]);
+        memset(o[i], i + 1, SZ);
+        rp_stats s = rp_test_stats(p);
+        if (s.heap_allocated_bytes > before.heap_allocated_bytes) {
+            assert_int_equal(s.region_in_use_bytes, before.region_in_use_bytes);
+            assert_true(rp_usable_size(p, o[i]) >= SZ);
+            assert_int_equal(nregion, 0); /* the heap first, until it is full */
+            nheap++;
+        } else {
+            assert_int_equal(s.region_in_use_bytes, before.region_in_use_bytes + 128 * KiB);
+            assert_int_equal(rp_usable_size(p, o[i]), 128 * KiB);
+            nregion++;
+        }
+    }
+    assert_true(nheap >= 1); /* the first 100 KiB request came from the heap */
+    assert_true(nregion >= 1);
+    rp_stats s = rp_test_stats(p);
+    assert_true(s.heap_oom_count > b.heap_oom_count); /* the heap said no ... */
+    assert_int_equal(s.fail_other, b.fail_other);     /* ... but nothing failed */
+    assert_int_equal(s.fail_physical, b.fail_physical);
+    assert_int_equal(s.fail_virtual, b.fail_virtual);
+    assert_int_equal(rp_check(p), 0);
+
+    /* realloc: in place within the block, and across heap and regions with
+     * the contents kept. o[0] is a heap block, o[N - 1] a region. */
+    char *q = rp_realloc(p, o[0], 120 * KiB);
+    assert_ptr_equal(q, o[0]);
+    q = rp_realloc(p, o[0], 200 * KiB);   /* above the route: a region */
+    assert_non_null(q);
+    assert_int_equal(rp_usable_size(p, q), 256 * KiB);
+    for (size_t k = 0; k < SZ; k += 4093)
+        assert_int_equal(q[k], 1);
+    o[0] = q;
+    rp_stats s1 = rp_test_stats(p);
+    q = rp_realloc(p, o[N - 1], 40 * KiB); /* below half: the heap again */
+    assert_non_null(q);
+    rp_stats s2 = rp_test_stats(p);
+    assert_true(s2.heap_allocated_bytes > s1.heap_allocated_bytes);
+    assert_int_equal(s2.region_in_use_bytes, s1.region_in_use_bytes - 128 * KiB);
+    for (size_t k = 0; k < 40 * KiB; k += 4093)
+        assert_int_equal(q[k], N);
+    o[N - 1] = q;
+    for (int i = 0; i < N; i++)
+        rp_free(p, o[i]);
+    s = rp_test_stats(p);
+    assert_int_equal(s.heap_allocated_bytes, b.heap_allocated_bytes);
+    assert_int_equal(s.region_in_use_bytes, b.region_in_use_bytes);
+    assert_int_equal(s.fail_other, b.fail_other);
+    assert_int_equal(log.count, 0);
+    assert_int_equal(rp_check(p), 0);
+
+    /* When a region cannot take it either (larger than region_max), the
+     * request fails and counts once. */
+    c = rp_test_config(&log);
+    c.heap_bytes = 1 * MiB;
+    c.region_max_bytes = 64 * KiB;
+    rp_pool *p2 = rp_pool_create(&c);
+    assert_non_null(p2);
+    log.count = 0;
+    b = rp_test_stats(p2);
+    int got = 0;
+    for (int i = 0; i < N; i++) {
+        errno = 0;
+        o[i] = rp_alloc(p2, SZ);
+        if (!o[i]) {
+            assert_int_equal(errno, ENOMEM);
+            break;
+        }
+        got++;
+    }
+    assert_true(got >= 1 && got < N);
+    s = rp_test_stats(p2);
+    assert_int_equal(s.fail_other, b.fail_other + 1);
+    for (int i = 0; i < got; i++)
+        rp_free(p2, o[i]);
+    assert_int_equal(rp_check(p2), 0);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(p2);
     rp_pool_destroy(p);
 }
 
@@ -774,6 +888,168 @@ static void test_slab_stale_remote_double_free(void **state)
     }
 }
 
+/* ---- batched remote frees ------------------------------------------------ */
+
+/* A thread that allocates on request and then waits: the objects stay owned
+ * by a live thread, so frees by others are batched. */
+struct owner_thread {
+    rp_pool *p;
+    size_t size;
+    int n;
+    void **objs;
+    atomic_int phase;   /* 1: allocate n objects; 2: done; 3: exit */
+};
+
+static void *owner_main(void *arg)
+{
+    struct owner_thread *o = arg;
+    for (;;) {
+        int ph = atomic_load_explicit(&o->phase, memory_order_acquire);
+        if (ph == 3)
+            return NULL;
+        if (ph == 1) {
+            for (int i = 0; i < o->n; i++)
+                o->objs[i] = rp_alloc(o->p, o->size);
+            atomic_store_explicit(&o->phase, 2, memory_order_release);
+        }
+        sched_yield();
+    }
+}
+
+static void owner_ask(struct owner_thread *o)
+{
+    atomic_store_explicit(&o->phase, 1, memory_order_release);
+    while (atomic_load_explicit(&o->phase, memory_order_acquire) != 2)
+        sched_yield();
+}
+
+struct free_one {
+    rp_pool *p;
+    void *obj;
+    int shard;          /* allocate first: frees are then batched */
+};
+
+static void *free_one_main(void *arg)
+{
+    struct free_one *f = arg;
+    if (f->shard)
+        rp_free(f->p, rp_alloc(f->p, 16));
+    rp_free(f->p, f->obj);
+    return NULL; /* exit: a batch holding obj would be pushed */
+}
+
+/* Frees of another live thread's objects wait in per-thread batches: the
+ * counters are exact at once, rp_check validates open batches, the
+ * immediate repeat (the head of a batch, or of the slab's remote list) is
+ * reported, also by other threads, nothing is handed out twice, and
+ * detaching gives every slab back. */
+static void test_slab_remote_batches(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_pool(&log, 0);
+    enum { N = 1000 };
+    static void *objs[N], *again[N];
+    struct owner_thread ow = {p, 64, N, objs, 0};
+    pthread_t t;
+    pthread_create(&t, NULL, owner_main, &ow);
+    owner_ask(&ow);
+    rp_free(p, rp_alloc(p, 16)); /* a shard: threads without one never batch */
+    for (int i = 0; i < N; i++) {
+        assert_non_null(objs[i]);
+        memset(objs[i], 0x5a, 64);
+    }
+    assert_int_equal(rp_test_stats(p).slab_bytes, N * 64);
+    rp_stats before = rp_test_stats(p);
+    for (int i = 0; i < N; i++)
+        rp_free(p, objs[i]); /* remote: batched here */
+    rp_stats s = rp_test_stats(p);
+    assert_int_equal(s.slab_bytes, 0);          /* counted when freed */
+    assert_int_equal(s.region_in_use_bytes, before.region_in_use_bytes);
+    assert_int_equal(rp_check(p), 0);           /* with a batch still open */
+    assert_int_equal(log.count, 0);
+
+    /* Repeats: the last object freed (the head of the open batch, tagged),
+     * the last object of the last batch pushed (the head of the slab's
+     * remote list), and the head of this thread's batch freed again by a
+     * third thread. Each is reported and changes nothing. Batches of 64:
+     * the first 960 frees were pushed. */
+    EXPECT_REPORT(&log, RP_ERR_NOT_LIVE, rp_free(p, objs[N - 1]));
+    EXPECT_REPORT(&log, RP_ERR_NOT_LIVE, rp_free(p, objs[959]));
+    assert_int_equal(rp_check(p), 0);
+    /* Another thread without a shard pushes at once, one with a shard
+     * batches: both check the tag first. */
+    for (int shard = 0; shard < 2; shard++) {
+        struct free_one f = {p, objs[N - 1], shard};
+        pthread_t t2;
+        pthread_create(&t2, NULL, free_one_main, &f);
+        pthread_join(t2, NULL);
+        assert_int_equal(log.count, 3 + shard);
+        assert_int_equal(log.last_code, RP_ERR_NOT_LIVE);
+    }
+    assert_int_equal(log.last_code, RP_ERR_NOT_LIVE);
+    assert_int_equal(rp_test_stats(p).slab_bytes, 0);
+    assert_int_equal(rp_check(p), 0);
+
+    /* This thread's batches go out when it detaches; the owner reuses the
+     * objects, each once. */
+    assert_int_equal(rp_thread_detach(p), 0);
+    ow.objs = again;
+    owner_ask(&ow);
+    static void *all[N];
+    memcpy(all, again, sizeof all);
+    qsort(all, N, sizeof *all, cmp_ptr);
+    for (int i = 1; i < N; i++)
+        if (all[i] == all[i - 1])
+            fail_msg("object %p handed out twice", all[i]);
+    int reused = 0;
+    for (int i = 0; i < N; i++)
+        reused += bsearch(&objs[i], all, N, sizeof *all, cmp_ptr) != NULL;
+    assert_true(reused > N / 2); /* the freed objects came back */
+    assert_int_equal(rp_test_stats(p).slab_bytes, N * 64);
+    for (int i = 0; i < N; i++)
+        rp_free(p, again[i]);
+    assert_int_equal(rp_test_stats(p).slab_bytes, 0);
+    atomic_store_explicit(&ow.phase, 3, memory_order_release);
+    pthread_join(t, NULL);
+    assert_int_equal(rp_thread_detach(p), 0);
+    s = rp_test_stats(p);
+    assert_int_equal(s.region_in_use_bytes, 0);
+    assert_int_equal(s.slab_bytes, 0);
+    assert_int_equal(log.count, 4);
+    assert_int_equal(rp_check(p), 0);
+    rp_pool_destroy(p);
+}
+
+/* The owner exits while another thread holds a batch of its objects: the
+ * slab is abandoned, and the batch's push makes it DEAD and releases it. */
+static void test_slab_batch_into_abandoned_slab(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_pool(&log, 0);
+    enum { N = 300 };
+    static void *objs[N];
+    struct owner_thread ow = {p, 256, N, objs, 0};
+    pthread_t t;
+    pthread_create(&t, NULL, owner_main, &ow);
+    owner_ask(&ow);
+    rp_free(p, rp_alloc(p, 16)); /* a shard: threads without one never batch */
+    for (int i = 0; i < N; i++)
+        rp_free(p, objs[i]); /* batched: the last batch stays open */
+    atomic_store_explicit(&ow.phase, 3, memory_order_release);
+    pthread_join(t, NULL); /* its slabs are abandoned (objects out: ours) */
+    assert_int_equal(rp_test_stats(p).slab_bytes, 0);
+    assert_int_equal(rp_check(p), 0);
+    assert_true(rp_test_stats(p).region_in_use_bytes > 0);
+    assert_int_equal(rp_thread_detach(p), 0); /* pushes: the slab dies */
+    rp_stats s = rp_test_stats(p);
+    assert_int_equal(s.region_in_use_bytes, 0);
+    assert_int_equal(log.count, 0);
+    assert_int_equal(rp_check(p), 0);
+    rp_pool_destroy(p);
+}
+
 /* ---- cross-thread traffic ------------------------------------------------ */
 
 /* A single-producer single-consumer ring: the release store of head
@@ -1164,6 +1440,7 @@ int main(void)
         cmocka_unit_test(test_slab_waste_bound_every_size),
         cmocka_unit_test(test_slab_class_boundaries),
         cmocka_unit_test(test_slab_heap_threshold),
+        cmocka_unit_test(test_slab_mid_size_heap_full),
         cmocka_unit_test(test_slab_small_region_max),
         cmocka_unit_test(test_slab_zero_size_unique),
         cmocka_unit_test(test_slab_calloc_zeroes),
@@ -1176,6 +1453,8 @@ int main(void)
         cmocka_unit_test(test_slab_hardened_corrupt_link),
         cmocka_unit_test(test_slab_remote_double_free),
         cmocka_unit_test(test_slab_stale_remote_double_free),
+        cmocka_unit_test(test_slab_remote_batches),
+        cmocka_unit_test(test_slab_batch_into_abandoned_slab),
         cmocka_unit_test(test_slab_producer_consumer),
         cmocka_unit_test(test_slab_producer_consumer_hardened),
         cmocka_unit_test(test_slab_thread_exit_abandon_adopt),
