@@ -119,25 +119,30 @@ static int claim(rp_pool *p, rp_rdesc *d, unsigned kind)
 }
 
 /* After a region becomes ours: TSan edge from its last releaser, fresh
- * generation, cleared owner state. */
-static rp_rdesc *handed_out(rp_pool *p, rp_rdesc *d)
+ * generation, cleared owner state. zero_user = false only for a cached
+ * user region handed out as a user region again: its user area is still all
+ * zero (zeroed when it was handed out; nothing writes a user region's). */
+static rp_rdesc *hand_out(rp_pool *p, rp_rdesc *d, bool zero_user)
 {
-    rp_hb_acquire(d); /* pairs with rp_hb_release in rpi_region_put */
+    rp_hb_acquire(d); /* pairs with rp_hb_release in put_shared/cache_put */
     rp_store_relaxed_u32(&d->gen, rp_load_relaxed_u32(&d->gen) + 1);
-    memset(&d->user, 0, sizeof d->user);
+    if (zero_user)
+        memset(&d->user, 0, sizeof d->user);
     rp_unpoison(rpi_desc_base(p, d), rpi_desc_bytes(p, d));
     return d;
 }
 
-/* handed_out for a region that was a user region (RK_USER) before it was
- * cached and is one again: its user area is still all zero (handed_out
- * zeroed it, and nothing writes the user area of a user region). */
-static rp_rdesc *handed_out_user(rp_pool *p, rp_rdesc *d)
+static rp_rdesc *handed_out(rp_pool *p, rp_rdesc *d)
 {
-    rp_hb_acquire(d); /* pairs with rp_hb_release in rp_region_release */
-    rp_store_relaxed_u32(&d->gen, rp_load_relaxed_u32(&d->gen) + 1);
-    rp_unpoison(rpi_desc_base(p, d), rpi_desc_bytes(p, d));
-    return d;
+    return hand_out(p, d, true);
+}
+
+/* The one report for a release whose state word moved under an owner that
+ * held the region (metadata damage, not a race). */
+static void changed_state(rp_pool *p, rp_rdesc *d)
+{
+    rpi_report(p, RP_ERR_CORRUPT, rpi_desc_base(p, d),
+               "region %p changed state while released", rpi_desc_base(p, d));
 }
 
 /* Purger period: a quarter of the delay, at least 5 ms. */
@@ -216,6 +221,15 @@ static rp_rdesc *cache_take(rp_pool *p, rp_tstate *ts, unsigned cls, unsigned ki
     return NULL;
 }
 
+/* Cache slots of class k in use in shard ts. Any thread (relaxed). O(ways). */
+static unsigned slots_used(const rp_tstate *ts, unsigned k)
+{
+    unsigned n = 0;
+    for (int i = 0; i < RP_RCACHE_WAYS; i++)
+        n += rp_load_relaxed_ptr((void *const *)&ts->rcache[k][i]) != NULL;
+    return n;
+}
+
 /* Park region d (class cls, state word *w as validated by the caller) in
  * the calling thread's cache. Returns 1 when cached; 0 when there is no
  * room or no cache (nothing changed); -1 when the CAS IN_USE -> CACHED
@@ -228,13 +242,10 @@ static int cache_put(rp_pool *p, rp_rdesc *d, unsigned cls, uint32_t *w)
     size_t bytes = rpi_class_bytes(p, cls);
     if (ts->rc_bytes + bytes > p->rc_cap) {
         /* rc_bytes still counts entries stolen since: count again. */
-        uint64_t n = 0;
-        for (unsigned k = 0; k < p->nclasses; k++)
-            for (int i = 0; i < RP_RCACHE_WAYS; i++)
-                if (rp_load_relaxed_ptr((void *const *)&ts->rcache[k][i]))
-                    n += rpi_class_bytes(p, k);
-        ts->rc_bytes = n;
-        if (n + bytes > p->rc_cap)
+        uint64_t regions, held;
+        rpi_region_cache_shard(p, ts, &regions, &held);
+        ts->rc_bytes = held;
+        if (held + bytes > p->rc_cap)
             return 0;
     }
     for (int i = 0; i < RP_RCACHE_WAYS; i++) {
@@ -242,11 +253,11 @@ static int cache_put(rp_pool *p, rp_rdesc *d, unsigned cls, uint32_t *w)
         if (rp_load_relaxed_ptr(slot))
             continue;
         rp_store_relaxed_u32(&d->epoch, (uint32_t)rp_load_relaxed_u64(&p->rc_epoch));
-        rp_hb_release(d); /* pairs with rp_hb_acquire in handed_out(_user) */
+        rp_hb_release(d); /* pairs with rp_hb_acquire in hand_out */
         rp_poison(rpi_desc_base(p, d), bytes);
         /* CAS IN_USE -> CACHED: of two racing releasers exactly one wins.
          * Pairs with the CAS or store that made it IN_USE. */
-        /* The cached word keeps the kind it had (handed_out_user). */
+        /* The cached word keeps the kind it had (see hand_out). */
         if (!rp_cas_u32(&d->word, w, RW_MAKE(RS_CACHED, cls, RW_KIND(*w)))) {
             rp_unpoison(rpi_desc_base(p, d), bytes);
             return -1;
@@ -350,9 +361,7 @@ static void cstat_shard(rp_tstate *ts, void *arg)
     struct cstat_ctx *c = arg;
     for (unsigned k = 0; k < c->n; k++) {
         c->hits[k] += rp_load_relaxed_u64(&ts->rc_hits[k]);
-        for (int i = 0; i < RP_RCACHE_WAYS; i++)
-            if (rp_load_relaxed_ptr((void *const *)&ts->rcache[k][i]))
-                c->cached[k]++;
+        c->cached[k] += slots_used(ts, k);
     }
 }
 
@@ -360,12 +369,11 @@ void rpi_region_cache_shard(const rp_pool *p, rp_tstate *ts, uint64_t *regions,
                             uint64_t *bytes)
 {
     *regions = *bytes = 0;
-    for (unsigned k = 0; k < p->nclasses; k++)
-        for (int i = 0; i < RP_RCACHE_WAYS; i++)
-            if (rp_load_relaxed_ptr((void *const *)&ts->rcache[k][i])) {
-                ++*regions;
-                *bytes += rpi_class_bytes(p, k);
-            }
+    for (unsigned k = 0; k < p->nclasses; k++) {
+        unsigned n = slots_used(ts, k);
+        *regions += n;
+        *bytes += n * rpi_class_bytes(p, k);
+    }
 }
 
 void rpi_region_cache_stats(rp_pool *p, uint64_t *cached, uint64_t *hits)
@@ -529,17 +537,17 @@ static unsigned purge_one(rp_pool *p, rp_rdesc *d, unsigned cls, int advice)
     return RS_FREE_CLEAN;
 }
 
-void rpi_region_put(rp_pool *p, rp_rdesc *d)
+/* Release region d (ours, IN_USE, state word w) to its class's free stack:
+ * purged now (purge_delay_ms = 0) or dirty for a delayed purge. */
+static void put_shared(rp_pool *p, rp_rdesc *d, uint32_t w)
 {
-    uint32_t w = rp_load_relaxed_u32(&d->word);
     unsigned cls = RW_CLS(w);
+    rp_hb_release(d); /* pairs with rp_hb_acquire in hand_out */
     if (p->cfg.purge_delay_ms == 0) {
-        rp_hb_release(d); /* pairs with rp_hb_acquire in handed_out */
-        /* CAS IN_USE -> PURGING; we own it (internal caller), cannot fail
-         * except on damage. */
+        /* CAS IN_USE -> PURGING; we own it, so it cannot fail except on
+         * damage. */
         if (!rp_cas_u32(&d->word, &w, RW_MAKE(RS_PURGING, cls, RK_NONE))) {
-            rpi_report(p, RP_ERR_CORRUPT, rpi_desc_base(p, d),
-                       "region %p changed state while released", rpi_desc_base(p, d));
+            changed_state(p, d);
             return;
         }
         unsigned st = purge_one(p, d, cls, p->cfg.purge_advice);
@@ -548,28 +556,28 @@ void rpi_region_put(rp_pool *p, rp_rdesc *d)
         push_free(p, d, cls);
         return;
     }
-    int c = cache_put(p, d, cls, &w);
-    if (c > 0)
-        return;
-    if (c < 0) {
-        rpi_report(p, RP_ERR_CORRUPT, rpi_desc_base(p, d),
-                   "region %p changed state while released", rpi_desc_base(p, d));
-        return;
-    }
-    rp_hb_release(d); /* pairs with rp_hb_acquire in handed_out */
     uint64_t now = rpi_now_ms();
     rp_store_relaxed_u64(&d->release_ms, now);
     rp_poison(rpi_desc_base(p, d), rpi_class_bytes(p, cls));
     /* CAS IN_USE -> FREE_DIRTY; pairs with the claim CAS of the next user. */
     if (!rp_cas_u32(&d->word, &w, RW_MAKE(RS_FREE_DIRTY, cls, RK_NONE))) {
-        rpi_report(p, RP_ERR_CORRUPT, rpi_desc_base(p, d),
-                   "region %p changed state while released", rpi_desc_base(p, d));
+        changed_state(p, d);
         return;
     }
     gauge_move(p, cls, RS_IN_USE, RS_FREE_DIRTY);
     push_free(p, d, cls);
     if (now >= rp_load_relaxed_u64(&p->next_purge_ms))
         rpi_purge_expired(p);
+}
+
+void rpi_region_put(rp_pool *p, rp_rdesc *d)
+{
+    uint32_t w = rp_load_relaxed_u32(&d->word);
+    int c = cache_put(p, d, RW_CLS(w), &w);
+    if (c < 0)
+        changed_state(p, d);
+    else if (c == 0)
+        put_shared(p, d, w);
 }
 
 /* ---- public region API --------------------------------------------------- */
@@ -588,8 +596,7 @@ void *rp_region_acquire(rp_pool *p, size_t bytes)
             unsigned prev;
             rp_rdesc *d = cache_take(p, ts, (unsigned)c, RK_USER, &prev);
             if (d)
-                return rpi_desc_base(p, prev == RK_USER ? handed_out_user(p, d)
-                                                        : handed_out(p, d));
+                return rpi_desc_base(p, hand_out(p, d, prev != RK_USER));
             d = region_get_shared(p, (unsigned)c, RK_USER);
             return d ? rpi_desc_base(p, d) : NULL;
         }
@@ -653,25 +660,22 @@ void rp_region_release(rp_pool *p, void *region)
     rp_rdesc *d = live_region(p, region, RK_USER, "rp_region_release", true, &w);
     if (!d)
         return;
-    int c = p->cfg.purge_delay_ms ? cache_put(p, d, RW_CLS(w), &w) : 0;
+    /* Park it in this thread's cache (CAS IN_USE|USER -> CACHED), or claim
+     * the release (CAS IN_USE|USER -> IN_USE with no kind). Either way, of
+     * two racing releasers exactly one wins; the loser is a double release.
+     * Pairs with the CAS or store in claim/carve/cache_take that made it
+     * IN_USE. */
+    int c = cache_put(p, d, RW_CLS(w), &w);
     if (c > 0)
         return;
-    if (c < 0) {
+    uint32_t claimed = RW_MAKE(RS_IN_USE, RW_CLS(w), RK_NONE);
+    if (c < 0 || !rp_cas_u32(&d->word, &w, claimed)) {
         rpi_report(p, RP_ERR_NOT_LIVE, region,
                    "rp_region_release(%p): region is not live (released concurrently)",
                    region);
         return;
     }
-    /* Claim the release: IN_USE|USER (the word just checked) -> IN_USE with
-     * no kind. Of two racing releasers exactly one wins; the loser is a
-     * double release. Pairs with the CAS in claim/carve that made it IN_USE. */
-    if (!rp_cas_u32(&d->word, &w, RW_MAKE(RS_IN_USE, RW_CLS(w), RK_NONE))) {
-        rpi_report(p, RP_ERR_NOT_LIVE, region,
-                   "rp_region_release(%p): region is not live (released concurrently)",
-                   region);
-        return;
-    }
-    rpi_region_put(p, d);
+    put_shared(p, d, claimed);
 }
 
 size_t rp_region_size(const rp_pool *p, const void *region)
