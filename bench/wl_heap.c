@@ -133,6 +133,23 @@ static inline uint32_t clamp32(uint64_t d)
     return d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
 }
 
+/* The live set: add a block, or drop entry j (the last one moves into its
+ * place). Outside the timed intervals. */
+static inline void live_add(heap_thr *t, void *p, size_t sz)
+{
+    t->ptr[t->nlive] = p;
+    t->size[t->nlive++] = (uint32_t)sz;
+    t->live_bytes += frag_bytes(sz);
+}
+
+static inline void live_drop(heap_thr *t, size_t j)
+{
+    t->live_bytes -= frag_bytes(t->size[j]);
+    t->nlive--;
+    t->ptr[j] = t->ptr[t->nlive];
+    t->size[j] = t->size[t->nlive];
+}
+
 /* One allocator's fill, measured pass and attribution pass. The measured
  * pass and the attribution pass make the same decisions from the same
  * random stream; only the instrumentation differs. */
@@ -149,9 +166,7 @@ static inline uint32_t clamp32(uint64_t d)
                 break;                                                        \
             }                                                                 \
             touch_block(p, sz, page);                                         \
-            t->ptr[t->nlive] = p;                                             \
-            t->size[t->nlive++] = (uint32_t)sz;                               \
-            t->live_bytes += frag_bytes(sz);                                  \
+            live_add(t, p, sz);                                               \
         }                                                                     \
     }                                                                         \
     RPB_MEASURED static void heap_run_##SUFFIX(                               \
@@ -173,9 +188,7 @@ static inline uint32_t clamp32(uint64_t d)
                     touch_block(p, sz, page);                                 \
                     uint64_t t3 = rpb_ticks();                                \
                     L->touch[L->ntouch++] = clamp32(t3 - t2);                 \
-                    t->ptr[t->nlive] = p;                                     \
-                    t->size[t->nlive++] = (uint32_t)sz;                       \
-                    t->live_bytes += frag_bytes(sz);                          \
+                    live_add(t, p, sz);                                       \
                 } else {                                                      \
                     t->fails++;                                               \
                     must_free = 1;                                            \
@@ -190,10 +203,7 @@ static inline uint32_t clamp32(uint64_t d)
                 FREE(ctx, p);                                                 \
                 uint64_t t1 = rpb_ticks();                                    \
                 L->op[L->nop++] = L->free[L->nfree++] = clamp32(t1 - t0);     \
-                t->live_bytes -= frag_bytes(t->size[j]);                      \
-                t->nlive--;                                                   \
-                t->ptr[j] = t->ptr[t->nlive];                                 \
-                t->size[j] = t->size[t->nlive];                               \
+                live_drop(t, j);                                              \
             }                                                                 \
         }                                                                     \
     }                                                                         \
@@ -218,9 +228,7 @@ static inline uint32_t clamp32(uint64_t d)
                     long f2 = minor_faults();                                 \
                     A->touches++;                                             \
                     A->faulted_touches += f2 > f1;                            \
-                    t->ptr[t->nlive] = p;                                     \
-                    t->size[t->nlive++] = (uint32_t)sz;                       \
-                    t->live_bytes += frag_bytes(sz);                          \
+                    live_add(t, p, sz);                                       \
                 } else {                                                      \
                     must_free = 1; /* counted in pass 2 only */               \
                 }                                                             \
@@ -234,10 +242,7 @@ static inline uint32_t clamp32(uint64_t d)
                 FREE(ctx, p);                                                 \
                 t1 = rpb_ticks();                                             \
                 f1 = minor_faults();                                          \
-                t->live_bytes -= frag_bytes(t->size[j]);                      \
-                t->nlive--;                                                   \
-                t->ptr[j] = t->ptr[t->nlive];                                 \
-                t->size[j] = t->size[t->nlive];                               \
+                live_drop(t, j);                                              \
             }                                                                 \
             A->calls++;                                                       \
             if (f1 > f0)                                                      \
