@@ -66,6 +66,7 @@ typedef struct rpb_args {
     uint64_t iters;      /* callgrind mode: loop iterations */
     uint32_t wait_ms;    /* large: wait after free */
     uint32_t purge_ms;   /* large: rpool purge delay */
+    uint32_t replays;    /* heap: deterministic replays for the per-op minimum */
     uint64_t seed;
 } rpb_args;
 

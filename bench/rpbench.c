@@ -2,7 +2,7 @@
  *
  *   rpbench <workload> alloc=<a> [threads=N] [cpus=N] [size=B]
  *           [order=lifo|random] [ops=N] [iters=N] [wait_ms=N] [purge_ms=N]
- *           [seed=N]
+ *           [replays=N] [seed=N]
  *   rpbench features
  *
  * workload: small | xthread | request | large | overhead | heap
@@ -64,7 +64,7 @@ static void usage(void)
             "usage: rpbench <small|xthread|request|large|overhead|heap> "
             "alloc=<glibc|jemalloc|mimalloc|tcmalloc|rpool-malloc|rpool|bump> "
             "[threads=N] [cpus=N] [size=B] [order=lifo|random] [ops=N] "
-            "[iters=N] [wait_ms=N] [purge_ms=N] [seed=N]\n"
+            "[iters=N] [wait_ms=N] [purge_ms=N] [replays=N] [seed=N]\n"
             "       rpbench features\n");
     exit(64);
 }
@@ -115,6 +115,8 @@ int main(int argc, char **argv)
             a.wait_ms = (uint32_t)parse_u64(k, v);
         } else if (strcmp(k, "purge_ms") == 0) {
             a.purge_ms = (uint32_t)parse_u64(k, v);
+        } else if (strcmp(k, "replays") == 0) {
+            a.replays = (uint32_t)parse_u64(k, v);
         } else if (strcmp(k, "seed") == 0) {
             a.seed = parse_u64(k, v);
         } else {

@@ -58,6 +58,21 @@ METRICS = {
     "op_p50_ns": ("p50 per op", "ns", 0.0),
     "op_p999_ns": ("p99.9 per op", "ns", 0.0),
     "op_max_ns": ("max per op", "ns", 0.0),
+    "touch_p999_ns": ("user's first touch of the block, p99.9", "ns", 0.0),
+    "oscalls_per_kop": ("rpool system calls per 1000 ops", "/kop", None),
+    "rmin_alloc_p50_ns": ("replayed alloc (min of runs per call), p50",
+                          "ns", 0.0),
+    "rmin_alloc_p999_ns": ("replayed alloc, p99.9", "ns", 0.0),
+    "rmin_alloc_max_ns": ("replayed alloc, max", "ns", 0.0),
+    "rmin_alloc_max_x": ("replayed alloc, max / p50", "x", 0.0),
+    "rmin_nofault_alloc_max_ns": ("replayed alloc without page fault, max",
+                                  "ns", 0.0),
+    "rmin_nofault_alloc_max_x": ("replayed alloc without page fault, "
+                                 "max / p50", "x", 0.0),
+    "rmin_fault_alloc_calls": ("replayed allocs that took a page fault",
+                               "count", None),
+    "rmin_free_max_ns": ("replayed free, max", "ns", 0.0),
+    "rmin_free_max_x": ("replayed free, max / p50", "x", 0.0),
     "alloc_failures": ("failed allocations", "count", None),
     "end_fill_pct": ("fill at the end", "%", None),
     "timer_p50_ns": ("timer cost (empty interval), p50", "ns", None),
@@ -125,9 +140,14 @@ def plan(quick):
         ["rss_per_payload", "ns_per_alloc"]))
     cases.append(Case(
         "heap", "heap-90", "6 heap latency, 90% fill, 16 B..64 KiB",
-        ["heap", "ops=1M"], 1, PEERS + RP,
+        ["heap", "ops=1M", "replays=" + ("3" if q else "5")], 1, PEERS + RP,
         ["ns_per_op", "op_p50_ns", "op_p999_ns", "op_max_ns",
-         "alloc_failures", "end_fill_pct", "timer_p50_ns"]))
+         "touch_p999_ns", "oscalls_per_kop",
+         "rmin_alloc_p50_ns", "rmin_alloc_p999_ns", "rmin_alloc_max_ns",
+         "rmin_alloc_max_x", "rmin_nofault_alloc_max_ns",
+         "rmin_nofault_alloc_max_x", "rmin_fault_alloc_calls",
+         "rmin_free_max_ns", "rmin_free_max_x",
+         "alloc_failures", "end_fill_pct", "timer_p50_ns"], timeout=240))
     cases.append(Case(
         "oversub", "oversub-small-64-random",
         "7 oversub: small 64 B random, 8 threads on 2 CPUs",
@@ -361,7 +381,7 @@ def build_table(res, cases_run, reps_done):
                 continue
             m, lo, hi, n = s
             u = {"ns": "ns", "MiB": "mib", "Ir": "ir", "%": "pct",
-                 "x": "x", "count": "count"}[unit]
+                 "x": "x", "count": "count", "/kop": "per_kop"}[unit]
             f = (lambda v: f"{v:.0f}") if unit == "count" else fmt
             text = fmt(m) if n == 1 else f"{f(m)} [{f(lo)}..{f(hi)}]"
             extra = ""

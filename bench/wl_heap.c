@@ -47,6 +47,26 @@
  * mprotect, counted by rpool itself, process-wide, read between barriers so
  * that no thread is in another pass) per 1000 operations.
  *
+ * Replays (threads == 1 and replays=R > 0, before everything above): the
+ * allocator's own tail, with the machine's noise filtered out. With one
+ * thread the run is deterministic: the same seed gives the same sizes,
+ * allocations and frees, and an allocator starting from the same state
+ * makes the same decisions (the same searches, splits, merges, system calls
+ * and header page faults) at the same operation. The process forks R
+ * children one after the other, from one state; each does the fill and the
+ * measured pass (its own rpool pool for the rpool column) and logs every
+ * allocation's and free's ticks into shared memory. The k-th allocation is
+ * then the same call in every child, and the minimum of its R times keeps
+ * every cost the call has each time while dropping what hits it only in
+ * some runs: timer interrupts, preemption, the hypervisor, and work a
+ * background thread does at a time that depends on the clock (rpool's
+ * purger). rmin_alloc_* / rmin_free_* report the distribution of these
+ * per-call minima (p50, p99, p99.9, max) and rmin_alloc_max_x its max over
+ * its p50: "the slowest allocation within a small constant of the median"
+ * measured on the allocator rather than on the machine. If the R runs do
+ * not make the same calls (counts or failures differ), rmin_diverged = 1
+ * and nothing else is reported for the replays.
+ *
  * Reported: ns/op over pass 2 (wall time / ops: includes the touches and the
  * harness), op_* p50 / p99 / p99.9 / max (allocator calls, alloc and free
  * pooled), alloc_* and free_* separately, touch_*, fault_pct, touch_fault_pct,
@@ -64,7 +84,11 @@
 #include "ops.h"
 
 #include <pthread.h>
+#include <stdio.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define HEAP_BYTES ((size_t)64 << 20)
 #define MIN_BYTES 16
@@ -110,6 +134,10 @@ typedef struct heap_attr {
     uint32_t *nofault;  /* allocator calls that took no page fault */
     size_t nnofault;
     uint64_t calls, faulted_calls, touches, faulted_touches;
+    /* Replays only (else NULL): per allocation / per free, in call order,
+     * 1 if the call took a page fault. */
+    uint8_t *afault, *ffault;
+    size_t nafault, nffault;
 } heap_attr;
 
 typedef struct heap_thr {
@@ -223,6 +251,8 @@ static inline void live_drop(heap_thr *t, size_t j)
                 uint64_t *p = ALLOC(ctx, sz);                                 \
                 t1 = rpb_ticks();                                             \
                 f1 = minor_faults();                                          \
+                if (A->afault)                                                \
+                    A->afault[A->nafault++] = f1 > f0;                        \
                 if (p) {                                                      \
                     touch_block(p, sz, page);                                 \
                     long f2 = minor_faults();                                 \
@@ -242,6 +272,8 @@ static inline void live_drop(heap_thr *t, size_t j)
                 FREE(ctx, p);                                                 \
                 t1 = rpb_ticks();                                             \
                 f1 = minor_faults();                                          \
+                if (A->ffault)                                                \
+                    A->ffault[A->nffault++] = f1 > f0;                        \
                 live_drop(t, j);                                              \
             }                                                                 \
             A->calls++;                                                       \
@@ -383,6 +415,138 @@ static void timer_cost(void)
     rpb_hbuf_free(lat, N * sizeof(uint32_t));
 }
 
+
+/* Replays (see the top): R children, one after the other, each from the
+ * state this process has now; every child runs fill + measured pass and
+ * leaves its allocation and free ticks in shared memory. One more child runs
+ * fill + the attribution pass over the same calls and marks which took a
+ * page fault. */
+struct replay_log {
+    uint64_t nalloc, nfree, fails;
+    int done;
+};
+
+static void replay_child(struct heap_ctx *c, const rpb_args *a, uint32_t *alloc,
+                         uint32_t *free_, uint8_t *afault, uint8_t *ffault,
+                         struct replay_log *out)
+{
+    heap_thr *t = &c->thr[0];
+    memset(t, 0, sizeof *t);
+    size_t n = (size_t)c->ops * sizeof(uint32_t);
+    t->ptr = hbuf_touched(MAX_LIVE * sizeof(void *));
+    t->size = hbuf_touched(MAX_LIVE * sizeof(uint32_t));
+    t->log.op = hbuf_touched(n);
+    t->log.alloc = alloc; /* shared, already touched by the parent */
+    t->log.free = free_;
+    t->log.touch = hbuf_touched(n);
+#if RPB_HAVE_HEAP
+    if (a->alloc == RPB_RPOOL)
+        c->actx = rpb_pool(HEAP_BYTES, -1, -1);
+#else
+    (void)a;
+#endif
+    rpb_rng r;
+    rpb_rng_seed(&r, c->seed);
+    c->fill(c->actx, t, c->target, &r);
+    if (afault) {
+        t->attr.nofault = hbuf_touched(n);
+        t->attr.afault = afault;
+        t->attr.ffault = ffault;
+        c->attr(c->actx, t, c->target, &r, c->ops);
+        out->nalloc = t->attr.nafault;
+        out->nfree = t->attr.nffault;
+    } else {
+        c->run(c->actx, t, c->target, &r, c->ops);
+        out->nalloc = t->log.nalloc;
+        out->nfree = t->log.nfree;
+        out->fails = t->fails;
+    }
+    out->done = 1;
+}
+
+/* Report the per-call minima of the calls whose fault flag is `want`
+ * (want < 0: all calls). Sorts a copy. */
+static void report_rmin(const uint32_t *min, const uint8_t *fault, size_t n,
+                        int want, const char *prefix)
+{
+    uint32_t *v = rpb_hbuf(n * sizeof(uint32_t) + 1);
+    size_t m = 0;
+    for (size_t k = 0; k < n; k++)
+        if (want < 0 || fault[k] == want)
+            v[m++] = min[k];
+    rpb_report_latency(v, m, prefix); /* sorts v */
+    char name[96];
+    snprintf(name, sizeof name, "%scalls", prefix);
+    rpb_metric(name, (double)m);
+    if (m && v[(m - 1) / 2]) {
+        snprintf(name, sizeof name, "%smax_x", prefix);
+        rpb_metric(name, (double)v[m - 1] / (double)v[(m - 1) / 2]);
+    }
+    rpb_hbuf_free(v, n * sizeof(uint32_t) + 1);
+}
+
+static void replays(struct heap_ctx *c, const rpb_args *a, unsigned R)
+{
+    size_t per = (size_t)c->ops;
+    size_t bytes = 2 * R * per * sizeof(uint32_t) + 2 * per +
+                   (R + 1) * sizeof(struct replay_log);
+    char *shm = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (shm == MAP_FAILED)
+        rpb_error("heap replays: mmap of %zu bytes: %s", bytes, strerror(errno));
+    memset(shm, 0, bytes); /* no first-touch fault inside a timed interval */
+    uint32_t *alloc = (uint32_t *)shm, *free_ = alloc + R * per;
+    uint8_t *afault = (uint8_t *)(free_ + R * per), *ffault = afault + per;
+    struct replay_log *logs = (struct replay_log *)(ffault + per);
+    for (unsigned i = 0; i <= R; i++) {
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid < 0)
+            rpb_error("heap replays: fork: %s", strerror(errno));
+        if (pid == 0) {
+            if (i < R)
+                replay_child(c, a, alloc + i * per, free_ + i * per, NULL,
+                             NULL, &logs[i]);
+            else /* the marking run; the tick logs are scratch */
+                replay_child(c, a, alloc + R * per, free_ + R * per - per,
+                             afault, ffault, &logs[i]);
+            _exit(0);
+        }
+        int st;
+        if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) ||
+            WEXITSTATUS(st) != 0 || !logs[i].done)
+            rpb_error("heap replays: child %u failed (status %#x)", i, st);
+    }
+    int same = 1;
+    for (unsigned i = 1; i < R; i++)
+        same &= logs[i].nalloc == logs[0].nalloc &&
+                logs[i].nfree == logs[0].nfree && logs[i].fails == logs[0].fails;
+    int marked = logs[R].nalloc == logs[0].nalloc &&
+                 logs[R].nfree == logs[0].nfree;
+    rpb_metric("rmin_diverged", !same);
+    if (same) {
+        /* Per call, the minimum over the replays, into replay 0's slot. */
+        for (unsigned i = 1; i < R; i++) {
+            for (size_t k = 0; k < logs[0].nalloc; k++)
+                if (alloc[i * per + k] < alloc[k])
+                    alloc[k] = alloc[i * per + k];
+            for (size_t k = 0; k < logs[0].nfree; k++)
+                if (free_[i * per + k] < free_[k])
+                    free_[k] = free_[i * per + k];
+        }
+        rpb_metric("replays", R);
+        report_rmin(alloc, afault, logs[0].nalloc, -1, "rmin_alloc_");
+        report_rmin(free_, ffault, logs[0].nfree, -1, "rmin_free_");
+        rpb_metric("rmin_marked", marked);
+        if (marked) {
+            report_rmin(alloc, afault, logs[0].nalloc, 0, "rmin_nofault_alloc_");
+            report_rmin(alloc, afault, logs[0].nalloc, 1, "rmin_fault_alloc_");
+            report_rmin(free_, ffault, logs[0].nfree, 0, "rmin_nofault_free_");
+        }
+    }
+    munmap(shm, bytes);
+}
+
 void wl_heap(const rpb_args *a)
 {
     static struct heap_ctx c;
@@ -408,6 +572,8 @@ void wl_heap(const rpb_args *a)
         rpb_error("heap: no %s column", a->alloc_name);
     }
     (void)rpb_ns_per_tick(); /* calibrate before the threads start */
+    if (a->replays && nt == 1 && c.fill)
+        replays(&c, a, a->replays);
     pthread_barrier_init(&pass_barrier, NULL, (unsigned)nt);
     uint64_t wall = rpb_run_threads(nt, heap_thread, &c);
     pthread_barrier_destroy(&pass_barrier);
