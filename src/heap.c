@@ -231,9 +231,11 @@ typedef struct job {
     range part[3];
     int npart;
     size_t before;
-    /* J_GROW: commit [at, at + bytes), then committed = at - base + bytes. */
+    /* J_GROW: commit [at, at + bytes), then committed = at - base + bytes;
+     * why: the refusal's kind when the commit failed. */
     uintptr_t at;
     size_t bytes;
+    enum rp_fail why;
 } job;
 
 /* One operation's state across its lock sections. */
@@ -250,6 +252,7 @@ typedef struct op {
     int njobs;
     job jobs[2];
     enum hfail fail;
+    enum rp_fail commit_why; /* HF_COMMIT: which limit refused */
     rp_error err;         /* 0: nothing to report */
     const void *err_ptr;
     char msg[200];
@@ -263,6 +266,7 @@ static inline void op_init(op *o)
     o->seen = 0;
     o->njobs = 0;
     o->fail = HF_NONE;
+    o->commit_why = RP_FAIL_OTHER;
     o->err = 0;
     o->err_ptr = NULL;
 }
@@ -965,7 +969,7 @@ static void exec_job(rp_pool *p, job *j, bool unlocked)
         }
     } else {
         j->calls = 1;
-        j->ok = rpi_heap_commit(p, (void *)j->at, j->bytes) == 0;
+        j->ok = rpi_heap_commit(p, (void *)j->at, j->bytes, &j->why) == 0;
         if (j->ok)
             rp_poison((void *)j->at, j->bytes); /* nobody else sees it yet */
     }
@@ -1007,6 +1011,7 @@ NOASAN static void grow_done(rp_pool *p, rp_heap *h, const job *j, op *o)
     if (!j->ok) {
         o->credit += h->page; /* the header page charged for it */
         o->fail = HF_COMMIT;
+        o->commit_why = j->why;
         return;
     }
     rp_assert(1, j->at == heap_end(h)); /* only the grower moves the end */
@@ -1446,27 +1451,38 @@ static void step_outside(rp_pool *p, rp_heap *h, op *o, lockctx *lc)
     CS_ENTER(h, lc);
 }
 
-/* Allocation shared by the entry points. count: count a refusal for lack of
- * space in the pool's fail_other (rpi_heap_alloc) or not (try_alloc). */
+/* A refusal's end. count (rpi_heap_alloc): every refusal is the caller's
+ * failure: count it under `why`, ENOMEM. !count (try_alloc): a refusal that
+ * another allocator could still satisfy -- no room in the heap, a growth
+ * step the virtual budget or the OS refused, damaged metadata (reported
+ * already) -- is not counted and gives ENOSPC; the fallback's own outcome is
+ * then the one counted, once. A physical refusal comes after every
+ * purgeable byte was purged, so any other allocator would be refused too:
+ * counted, ENOMEM, in both modes. */
+static void *refused(rp_pool *p, bool count, bool phys, enum rp_fail why)
+{
+    if (phys || count) {
+        rpi_count_fail(p, phys ? RP_FAIL_PHYSICAL : why);
+        errno = ENOMEM;
+    } else {
+        errno = ENOSPC;
+    }
+    return NULL;
+}
+
+/* Allocation shared by the entry points; count: see refused(). */
 static void *heap_alloc(rp_pool *p, size_t size, bool count)
 {
     rp_heap *h = heap_of(p);
-    if (RP_UNLIKELY(!size)) {
-        if (count)
-            rpi_count_fail(p, RP_FAIL_OTHER);
-        errno = ENOMEM;
-        return NULL;
-    }
+    if (RP_UNLIKELY(!size))
+        return refused(p, count, false, RP_FAIL_OTHER);
     if (h)
         rp_max_relaxed_u64(&h->st_largest, size);
     size_t fsz = h ? frag_for(size, h->capacity) : 0;
     if (RP_UNLIKELY(!fsz)) {
         if (h)
             rp_add_relaxed_u64(&h->st_oom, 1);
-        if (count)
-            rpi_count_fail(p, RP_FAIL_OTHER);
-        errno = ENOMEM;
-        return NULL;
+        return refused(p, count, false, RP_FAIL_OTHER);
     }
 
     op o;
@@ -1495,14 +1511,8 @@ static void *heap_alloc(rp_pool *p, size_t size, bool count)
     finish(p, &o);
     if (RP_UNLIKELY(!blk)) {
         rp_add_relaxed_u64(&h->st_oom, 1);
-        /* rpi_heap_commit counts its own refusals; the account leaves the
-         * physical ones to the caller. */
-        if (o.fail == HF_PHYS)
-            rpi_count_fail(p, RP_FAIL_PHYSICAL);
-        else if (count && (o.fail == HF_FULL || o.fail == HF_CORRUPT))
-            rpi_count_fail(p, RP_FAIL_OTHER);
-        errno = ENOMEM;
-        return NULL;
+        return refused(p, count, o.fail == HF_PHYS,
+                       o.fail == HF_COMMIT ? o.commit_why : RP_FAIL_OTHER);
     }
     rp_unpoison(blk, fsz - HDR_BYTES);
     /* TSan: pairs with the page releases in free_locked. */
@@ -1518,9 +1528,11 @@ static void *heap_alloc(rp_pool *p, size_t size, bool count)
  * a refused charge) with the lock released. */
 void *rpi_heap_alloc(rp_pool *p, size_t size) { return heap_alloc(p, size, true); }
 
-/* As rpi_heap_alloc, but a refusal for lack of heap space is not counted in
- * the pool's fail_other (for callers that fall back to another allocator);
- * heap_oom_count still counts it. */
+/* As rpi_heap_alloc, for callers that fall back to another allocator: a
+ * refusal another allocator could still satisfy (no room, a refused growth
+ * step, damaged metadata) gives NULL + ENOSPC and is not counted in the
+ * pool's failure counters; a physical-budget refusal gives NULL + ENOMEM and
+ * is counted. heap_oom_count counts both. */
 void *rpi_heap_try_alloc(rp_pool *p, size_t size) { return heap_alloc(p, size, false); }
 
 bool rpi_heap_owns(const rp_pool *p, const void *ptr)

@@ -277,8 +277,10 @@ RP_HIDDEN void rpi_reserve_destroy(rp_pool *p);
 RP_HIDDEN rp_rdesc *rpi_carve(rp_pool *p, unsigned cls, unsigned kind,
                               enum rp_fail *why);
 /* Commit part of the reservation for the heap (virtual charged and counted
- * as heap). Returns 0 or -ENOMEM (budget or OS; counted). */
-RP_HIDDEN int rpi_heap_commit(rp_pool *p, void *addr, size_t bytes);
+ * as heap). Returns 0, or -ENOMEM with *why set (budget or OS; not counted:
+ * the heap counts the refusal once it knows whether the caller falls back). */
+RP_HIDDEN int rpi_heap_commit(rp_pool *p, void *addr, size_t bytes,
+                              enum rp_fail *why);
 /* Bump-allocate zeroed metadata (never freed; recycled by its owner).
  * Charged to virtual and physical as metadata. NULL + errno on failure. */
 RP_HIDDEN void *rpi_meta_alloc(rp_pool *p, size_t bytes, size_t align);
@@ -420,8 +422,10 @@ RP_HIDDEN size_t rpi_heap_guaranteed_live(const rp_pool *p, size_t max_request);
 /* Capacity that guarantees live_bytes with requests <= max_request;
  * SIZE_MAX on overflow. */
 RP_HIDDEN size_t rpi_heap_required_capacity(size_t live_bytes, size_t max_request);
-/* As rpi_heap_alloc, but lack of heap space is not counted in fail_other
- * (for callers with another place to go). */
+/* As rpi_heap_alloc, for callers with another place to go: NULL + ENOSPC
+ * (not counted) when another allocator could still serve the request (no
+ * room, growth refused, damaged heap); NULL + ENOMEM (counted) on a physical
+ * budget refusal. */
 RP_HIDDEN void *rpi_heap_try_alloc(rp_pool *p, size_t size);
 RP_HIDDEN void rpi_heap_postfork(rp_pool *p);
 /* Purge lazily kept free heap fragments released at or before cutoff_ms

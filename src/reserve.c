@@ -190,13 +190,10 @@ out:
     return d;
 }
 
-int rpi_heap_commit(rp_pool *p, void *addr, size_t bytes)
+int rpi_heap_commit(rp_pool *p, void *addr, size_t bytes, enum rp_fail *why)
 {
-    enum rp_fail why;
-    if (commit_range(p, addr, bytes, false, &why)) {
-        rpi_count_fail(p, why);
-        return -ENOMEM;
-    }
+    if (commit_range(p, addr, bytes, false, why))
+        return -ENOMEM; /* counted by the heap, which knows the outcome */
     rp_add_relaxed_u64(&p->acct.heap_committed_bytes, bytes);
     return 0;
 }

@@ -1247,15 +1247,11 @@ static void *large_alloc(rp_pool *p, size_t size, size_t align)
             void *o = rpi_heap_try_alloc(p, size);
             if (o)
                 return o;
-#ifdef RPI_HEAP_TRY_ENOSPC
-            /* A budget or the OS refused (counted where it happened): a
-             * region would be refused the same way. Only lack of room
-             * (ENOSPC, not counted) falls back. */
-            if (errno != ENOSPC) {
-                errno = ENOMEM;
+            /* The physical budget refused (counted, ENOMEM): a region
+             * would be refused the same way. Anything else (ENOSPC, not
+             * counted) falls back to a region, whose outcome is counted. */
+            if (errno != ENOSPC)
                 return NULL;
-            }
-#endif
             errno = err;
         } else if (size > rmax) {
             return rpi_heap_alloc(p, size);

@@ -688,6 +688,66 @@ static void test_heap_virtual_budget_and_os_refusal(void **state)
     rp_pool_destroy(p);
 }
 
+/* rp_alloc's mid sizes try the heap first. When the heap cannot grow (the
+ * virtual budget refuses its first step) but a free region of the right
+ * class is already committed, the request is served from that region and
+ * nothing counts as a failure; when the region path is refused too, the
+ * failure is counted once, under the limit that refused. */
+static void test_heap_refused_growth_falls_back_once(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_pool(&log, 32 * MiB); /* mid sizes: (32 KiB, 1 MiB] */
+    void *r = rp_region_acquire(p, 600 * KiB);
+    assert_non_null(r);
+    size_t rsize = rp_region_size(p, r);
+    rp_region_release(p, r); /* free, still committed */
+    rp_stats s0 = rp_test_stats(p);
+    assert_int_equal(s0.heap_committed_bytes, 0);
+    /* No room for the heap's first step (1 MiB), nor for a new region. */
+    assert_int_equal(rp_budget_set(p, RP_BUDGET_VIRTUAL, s0.virtual_bytes + 64 * KiB), 0);
+    errno = 0;
+    char *a = rp_alloc(p, 600 * KiB);
+    assert_non_null(a);
+    memset(a, 7, 600 * KiB);
+    assert_int_equal(rp_usable_size(p, a), rsize); /* the free region */
+    rp_stats s = rp_test_stats(p);
+    assert_int_equal(s.heap_committed_bytes, 0);
+    assert_int_equal(s.heap_oom_count, s0.heap_oom_count + 1); /* the heap said no */
+    assert_int_equal(s.fail_virtual, s0.fail_virtual);        /* ... nothing failed */
+    assert_int_equal(s.fail_other, s0.fail_other);
+    assert_int_equal(s.fail_os, s0.fail_os);
+    /* Again: the heap and the region path both refused -- one failure. */
+    errno = 0;
+    assert_null(rp_alloc(p, 600 * KiB));
+    assert_int_equal(errno, ENOMEM);
+    s = rp_test_stats(p);
+    assert_int_equal(s.fail_virtual, s0.fail_virtual + 1);
+    assert_int_equal(s.fail_other, s0.fail_other);
+    assert_int_equal(s.fail_os, s0.fail_os);
+    /* rp_heap_alloc has nowhere else to go: its refusal is counted. */
+    errno = 0;
+    assert_null(rp_heap_alloc(p, 100));
+    assert_int_equal(errno, ENOMEM);
+    assert_int_equal(rp_test_stats(p).fail_virtual, s0.fail_virtual + 2);
+    /* An OS refusal of the heap's growth falls back the same way. */
+    assert_int_equal(rp_budget_set(p, RP_BUDGET_VIRTUAL, p->reserve_bytes), 0);
+    rp_free(p, a); /* the region is free again */
+    s0 = rp_test_stats(p);
+    rp_os_fault_inject(RP_OS_COMMIT, 1);
+    errno = 0;
+    a = rp_alloc(p, 600 * KiB);
+    rp_os_fault_inject(RP_OS_COMMIT, 0);
+    assert_non_null(a);
+    s = rp_test_stats(p);
+    assert_int_equal(s.fail_os, s0.fail_os);
+    assert_int_equal(s.heap_committed_bytes, 0);
+    rp_free(p, a);
+    assert_int_equal(rp_check(p), 0);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(p);
+}
+
 /* ---- bad input --------------------------------------------------------------- */
 
 #define EXPECT_REPORT(log, code)                                              \
@@ -1587,6 +1647,7 @@ int main(void)
         cmocka_unit_test(test_heap_purge_failure_keeps_account),
         cmocka_unit_test(test_heap_physical_budget_refusal),
         cmocka_unit_test(test_heap_virtual_budget_and_os_refusal),
+        cmocka_unit_test(test_heap_refused_growth_falls_back_once),
         cmocka_unit_test(test_heap_bad_free_reported),
         cmocka_unit_test(test_heap_bad_free_of_purged_block),
         cmocka_unit_test(test_heap_corrupt_header_detected),
