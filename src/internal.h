@@ -400,6 +400,14 @@ RP_HIDDEN void rpi_threads_foreach(rp_pool *p, void (*fn)(rp_tstate *, void *),
                                    void *arg);
 RP_HIDDEN int rpi_threads_init(rp_pool *p);
 RP_HIDDEN void rpi_threads_prefork(void);
+/* Register the calling thread with liburcu-bp if it is not yet (a TLS test
+ * when it is). Called before taking carve_lock or meta_lock: code under
+ * them may charge physical memory, and a refused charge purges, which walks
+ * the thread registry under rcu_read_lock; a first rcu_read_lock registers
+ * the thread under liburcu's registry mutex, which fork_prepare holds while
+ * it waits for these locks. Registered beforehand, no liburcu mutex is ever
+ * wanted under a pool lock (pool.c's lock order). */
+RP_HIDDEN void rpi_rcu_ready(void);
 RP_HIDDEN void rpi_threads_postfork(int child);
 
 /* ======================================================================== */

@@ -164,6 +164,7 @@ rp_rdesc *rpi_carve(rp_pool *p, unsigned cls, unsigned kind, enum rp_fail *why)
     size_t bytes = n << p->gshift;
     rp_rdesc *d = NULL;
 
+    rpi_rcu_ready(); /* before the lock: see internal.h */
     rp_mutex_lock(&p->carve_lock);
     size_t hwm = rp_load_relaxed_u64(&p->hwm);
     if (hwm + n > p->ngranules) {
@@ -202,6 +203,7 @@ void *rpi_meta_alloc(rp_pool *p, size_t bytes, size_t align)
 {
     void *r = NULL;
     enum rp_fail why = RP_FAIL_OTHER;
+    rpi_rcu_ready(); /* before the lock: see internal.h */
     rp_mutex_lock(&p->meta_lock);
     size_t off = rp_align_up(rp_load_relaxed_u64(&p->bump_used), align ? align : 16);
     if (off + bytes > p->bump_reserved || off + bytes < off)

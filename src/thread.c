@@ -259,6 +259,8 @@ void rpi_threads_destroy(rp_pool *p)
     pthread_mutex_destroy(&p->threads_lock);
 }
 
+void rpi_rcu_ready(void) { urcu_bp_register_thread(); }
+
 void rpi_threads_prefork(void)
 {
     call_rcu_before_fork();
