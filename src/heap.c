@@ -436,21 +436,35 @@ NOASAN static void wipe(frag *f)
     f->check = 0;
 }
 
-/* Header at f is intact and consistent with the heap's geometry. */
+/* Header at f is intact: f is a fragment position inside the committed
+ * heap (checked before anything is read from it) and its check value
+ * matches its fields. The heap seals only headers it built, so a matching
+ * seal also vouches for the geometry frag_sound checks; the hot paths (free,
+ * merge, the bin head an allocation takes) rely on that, and the walks that
+ * step from header to header use frag_sound. */
 NOASAN static bool frag_ok(const rp_heap *h, const frag *f)
 {
     uintptr_t a = (uintptr_t)f, base = (uintptr_t)h->base;
     if (a < base || a >= heap_end(h) || (a - base) % FRAG_MIN)
         return false;
+    return f->check == seal(h, f);
+}
+
+/* frag_ok, plus every field consistent with the heap's geometry (a wrong
+ * seal vouched for by a heap bug, or a lucky forgery, is still caught where
+ * a walk would follow it). For rpi_heap_check and the error path. */
+NOASAN static bool frag_sound(const rp_heap *h, const frag *f)
+{
+    if (!frag_ok(h, f))
+        return false;
+    uintptr_t a = (uintptr_t)f, base = (uintptr_t)h->base;
     size_t s = fsize(f);
     if (s < FRAG_MIN || s % FRAG_MIN || s > heap_end(h) - a)
         return false;
     if (f->prev_size % FRAG_MIN || f->prev_size > a - base)
         return false;
-    if ((f->size_used & FLAG_BITS & ~(USED_BIT | HELD_BIT)) ||
-        (fused(f) && fheld(f)))
-        return false;
-    return f->check == seal(h, f);
+    return !(f->size_used & FLAG_BITS & ~(USED_BIT | HELD_BIT)) &&
+           !(fused(f) && fheld(f));
 }
 
 NOASAN static frag *fnext(const rp_heap *h, const frag *f)
@@ -826,6 +840,7 @@ static range keep_largest(rp_pool *p, rp_heap *h, const range *parts, int np,
 
 #define S_EVICT 1  /* may evict the oldest lazy fragment (once per op) */
 #define S_PURGE 2  /* may hold m for a purge */
+#define S_CHECKED 4 /* coalesce: the caller verified both neighbours' headers */
 
 /* Settle the free fragment m (size final, header fields other than size
  * stale, not in a bin). `parts` are the clean ranges m inherited, sorted,
@@ -898,7 +913,9 @@ NOASAN static void settle(rp_pool *p, rp_heap *h, frag *m, const range *parts,
 
 /* Merge the free fragment m (not in a bin, not held; its clean range, if
  * any, in m->clean_lo/hi) with its FREE neighbours and settle the result.
- * A neighbour whose header fails its check is not merged (reported). O(1). */
+ * A neighbour whose header fails its check is not merged (reported); with
+ * S_CHECKED the caller has just checked both under the same lock hold (the
+ * free path), and they are not checked twice. O(1). */
 NOASAN static void coalesce(rp_pool *p, rp_heap *h, frag *m, op *o, int flags)
 {
     frag *pv = fprev(m), *nx = fnext(h, m), *lo = m;
@@ -906,12 +923,15 @@ NOASAN static void coalesce(rp_pool *p, rp_heap *h, frag *m, op *o, int flags)
     int np = 0;
     size_t ms = fsize(m);
     range own = rclean(m);
-    if (pv && (!frag_ok(h, pv) || fsize(pv) != m->prev_size)) {
+    if (flags & S_CHECKED) {
+        /* verified by free_locked, nothing changed since */
+    } else if (pv && (!frag_ok(h, pv) || fsize(pv) != m->prev_size)) {
         set_error(o, RP_ERR_CORRUPT, pv, "heap: fragment %p below %p is "
                   "damaged; not merged", (void *)pv, (void *)m);
         pv = NULL;
     }
-    if (nx && (!frag_ok(h, nx) || nx->prev_size != ms)) {
+    if (!(flags & S_CHECKED) && nx &&
+        (!frag_ok(h, nx) || nx->prev_size != ms)) {
         set_error(o, RP_ERR_CORRUPT, nx, "heap: fragment %p above %p is "
                   "damaged; not merged", (void *)nx, (void *)m);
         nx = NULL;
@@ -1247,7 +1267,7 @@ NOASAN static void diagnose(rp_pool *p, rp_heap *h, const void *ptr,
     size_t prev = 0;
     for (frag *f = (frag *)h->base; (uintptr_t)f < heap_end(h);
          f = (frag *)((uintptr_t)f + fsize(f))) {
-        if (!frag_ok(h, f) || f->prev_size != prev) {
+        if (!frag_sound(h, f) || f->prev_size != prev) {
             if ((uintptr_t)f == hp)
                 set_error(o, RP_ERR_CORRUPT, ptr,
                           "heap: %s %p: its fragment header is damaged",
@@ -1353,7 +1373,7 @@ NOASAN static void free_locked(rp_pool *p, rp_heap *h, void *ptr, op *o)
     h->allocated -= bs;
     b->size_used = bs;          /* free, not in a bin yet */
     b->clean_lo = b->clean_hi = 0;
-    coalesce(p, h, b, o, S_EVICT | S_PURGE);
+    coalesce(p, h, b, o, S_EVICT | S_PURGE | S_CHECKED);
     lazy_tick(h, o);
 }
 
@@ -1824,7 +1844,7 @@ NOASAN static void check_locked(rp_heap *h, op *o)
     frag *last = NULL;
     for (frag *f = (frag *)h->base; (uintptr_t)f < heap_end(h);
          f = (frag *)((uintptr_t)f + fsize(f))) {
-        if (!frag_ok(h, f))
+        if (!frag_sound(h, f))
             FAIL(f, "heap: fragment header at %p is damaged", (void *)f);
         if (f->prev_size != prev)
             FAIL(f, "heap: fragment %p records a lower neighbour of %zu bytes, "
@@ -1894,7 +1914,7 @@ NOASAN static void check_locked(rp_heap *h, op *o)
             FAIL(h->base, "heap: lazy list longer than %d (a cycle)", LAZY_SLOTS);
         if (h->lazy[s].prev != back_slot)
             FAIL(f, "heap: lazy slot %u: back link broken", (unsigned)s);
-        if (!f || !frag_ok(h, f) || !ffree(f) || f->req != (uint64_t)s + 1)
+        if (!f || !frag_sound(h, f) || !ffree(f) || f->req != (uint64_t)s + 1)
             FAIL(f, "heap: lazy slot %u holds %p, which is not a lazy free "
                  "fragment", (unsigned)s, (void *)f);
         if (h->lazy[s].ms < prev_ms)
@@ -1931,7 +1951,7 @@ NOASAN static void check_locked(rp_heap *h, op *o)
             if (++inbins > nfree)
                 FAIL(f, "heap: bins hold more entries than the %zu free "
                      "fragments (or a cycle)", nfree);
-            if (!frag_ok(h, f) || !ffree(f))
+            if (!frag_sound(h, f) || !ffree(f))
                 FAIL(f, "heap: bin %u holds %p, which is not a free fragment",
                      i, (void *)f);
             if (bin_of(fsize(f)) != i)
