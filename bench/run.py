@@ -221,12 +221,17 @@ class Runner:
         self.libs = dict(libs)    # preloaded column -> path or None
         self.libs["rpool-malloc"] = rpool_preload
 
-    def env_for(self, alloc):
+    def env_for(self, alloc, under_valgrind=False):
         env = dict(os.environ)
         env.pop("LD_PRELOAD", None)
         env.pop("RPOOL_CONF", None)
         if alloc in self.libs:
             env["LD_PRELOAD"] = self.libs[alloc]
+        if alloc == "rpool-malloc" and under_valgrind:
+            # valgrind refuses the preload's default 64 GiB reservation, and
+            # the preload would fall back to the C library's malloc. 4 GiB,
+            # as the rpool column's pools use.
+            env["RPOOL_CONF"] = "reserve_bytes=4G"
         return env
 
     def run(self, args, alloc, timeout, prefix=None):
@@ -237,12 +242,19 @@ class Runner:
             return Outcome("MISSING", reason=why), ""
         cmd = (prefix or []) + [self.binary] + args + [f"alloc={alloc}"]
         try:
-            p = subprocess.run(cmd, env=self.env_for(alloc),
+            p = subprocess.run(cmd, env=self.env_for(alloc, prefix is not None),
                                capture_output=True, text=True,
                                timeout=timeout)
         except subprocess.TimeoutExpired:
             return Outcome("TIMEOUT", reason=f"over {timeout} s"), ""
-        return parse_output(p.returncode, p.stdout, p.stderr), p.stderr
+        o = parse_output(p.returncode, p.stdout, p.stderr)
+        # The preload falls back to the C library when it cannot create its
+        # pool; the cell would then measure glibc, not rpool.
+        m = re.search(r"rpool-malloc: [^\n]*C library's allocator", p.stderr)
+        if alloc == "rpool-malloc" and m and o.status == "ok":
+            o = Outcome("ERROR", reason="the preload fell back to glibc: "
+                        + m.group(0), info=o.info)
+        return o, p.stderr
 
 
 def fmt(v):
