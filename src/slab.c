@@ -113,7 +113,9 @@
 
 #define NCLS 40
 #define MIN_OBJS 8          /* objects per slab when region_max allows */
-#define EMPTY_MAX 4         /* empty slabs a thread keeps for reuse */
+#define EMPTY_MAX 4         /* empty slabs a thread keeps for reuse, at least */
+#define EMPTY_BYTES ((size_t)2 << 20) /* ... and up to this many bytes of them
+                                        when the pool has a purger */
 #define FULL_SCAN 16        /* full slabs polled for remote frees per refill */
 #define HEAP_ROUTE_MAX ((size_t)1 << 20) /* mid sizes: heap first up to this */
 
@@ -273,8 +275,14 @@ struct tcache {
     uint64_t tagkey;      /* pool-wide: word 1 of a batched object is
                              tagkey ^ its address */
     uint64_t gmask;       /* region_min_bytes - 1: offset in a granule */
-    struct slab *empty;   /* empty slabs kept for reuse (any class) */
+    struct slab *empty;   /* empty slabs kept for reuse (any class), the
+                             last kept first */
     uint32_t nempty;
+    uint32_t elow;        /* fewest empty slabs kept since eepoch */
+    uint64_t ebytes;      /* bytes of the empty slabs kept */
+    uint64_t ecap;        /* keep empty slabs up to this many bytes (or
+                             EMPTY_MAX of them) */
+    uint64_t eepoch;      /* purger tick of the last ageing (empty_age) */
     uint32_t inited;
     uint64_t token;       /* owner word of this tcache's slabs */
     uint32_t slow;        /* 1: no fast paths (hardened, TSan runtime) */
@@ -671,6 +679,78 @@ static struct slab *slab_new(rp_pool *p, struct tcache *tc, unsigned c)
     return d ? slab_format(p, tc, d, c) : NULL;
 }
 
+/* The local list of s (used == 0) starts like a list in address order
+ * (slot 0, then slot 1), as the frees of a batch in reverse allocation
+ * order leave it: a heuristic, either answer is correct. O(1). */
+static inline bool in_order(rp_pool *p, struct slab *s)
+{
+    return s->free == s->first && s->nbumped > 1 &&
+           link_get(p, s->first) == s->first + s->size;
+}
+
+/* Turn s (owned, used == 0: every handed-out slot is on its local list)
+ * back into a never-used slab of its class: its slots are linked again in
+ * address order, 4 KiB at a time, as the bin runs dry (extend). A list
+ * freed in random order would hand its objects out in that order, each
+ * allocation's load of the next link a cache miss; the linking pass of
+ * extend streams, and its lines are in L1 when the user writes them. Every
+ * object came back (used == 0), so anything on the remote list is a double
+ * free by another thread: dropped and reported, or it would be handed out
+ * twice. O(1) (TSan: O(slots)). */
+static void rewind_slab(rp_pool *p, struct slab *s)
+{
+    /* The exchange pairs with the freers' CAS. */
+    RP_HIDE_BEGIN();
+    uint64_t w = rp_swap_u64(&s->xword, XW_MAKE(0, 0, 0, XS_OWNED));
+    RP_HIDE_END();
+    if (XW_COUNT(w)) {
+        owner_add(s->net, XW_COUNT(w)); /* their frees were counted */
+        rpi_report(p, RP_ERR_NOT_LIVE, slot(s, XW_HEAD(w) - 1),
+                   "rp_free(%p): object is not live (double free?): freed by "
+                   "another thread after its slab had no object out "
+                   "(%u such frees dropped)",
+                   slot(s, XW_HEAD(w) - 1), XW_COUNT(w));
+    }
+    acquire_slots(s); /* TSan: every free happens-before the slots' reuse */
+    s->free = NULL;
+    s->nbumped = 0;
+    rp_store_relaxed_u64(&s->lim, 0);
+}
+
+/* Age tc's empty-slab cache: once per purge delay (rc_ticks purger ticks),
+ * give back as many slabs as the cache never went below during that time,
+ * the least recently kept first: they sat unused for a whole purge delay,
+ * as long as a released region waits before the pool purges it. Called on
+ * the slow paths that move the cache (keep, take); a thread that stops
+ * allocating and freeing keeps its cache (at most ecap bytes) until it
+ * does again, detaches or exits. O(1), O(kept slabs) when it gives back. */
+static void empty_age(rp_pool *p, struct tcache *tc)
+{
+    if (!tc->ecap)
+        return;
+    uint64_t e = rp_load_relaxed_u64(&p->rc_epoch);
+    if (e - tc->eepoch < p->rc_ticks)
+        return;
+    tc->eepoch = e;
+    uint32_t drop = tc->elow;
+    if (drop) {
+        /* Keep the first nempty - drop, release the rest. */
+        struct slab **pp = &tc->empty;
+        for (uint32_t i = drop; i < tc->nempty; i++)
+            pp = &(*pp)->u.l.next;
+        struct slab *s = *pp;
+        *pp = NULL;
+        tc->nempty -= drop;
+        while (s) {
+            struct slab *next = s->u.l.next;
+            tc->ebytes -= rpi_desc_bytes(p, desc_of(s));
+            slab_release(p, s);
+            s = next;
+        }
+    }
+    tc->elow = tc->nempty;
+}
+
 /* An empty slab of tc's cache for class c: one of class c as it is (its
  * free list intact: no relinking), else one of the same region size
  * reformatted for c; NULL if none. O(EMPTY_MAX) (reformat: O(1), TSan
@@ -693,22 +773,13 @@ static struct slab *empty_take(rp_pool *p, struct tcache *tc, unsigned c)
     struct slab *s = *hit;
     *hit = s->u.l.next;
     tc->nempty--;
+    tc->ebytes -= rpi_desc_bytes(p, desc_of(s));
+    if (tc->nempty < tc->elow)
+        tc->elow = tc->nempty;
+    empty_age(p, tc);
     if (s->cls == c) {
-        /* Every object came back before the slab was kept (used == 0), so
-         * anything pushed on its remote list since is a double free by
-         * another thread: drop it, or it would be handed out twice. The
-         * exchange pairs with the freers' CAS. */
-        RP_HIDE_BEGIN();
-        uint64_t w = rp_swap_u64(&s->xword, XW_MAKE(0, 0, 0, XS_OWNED));
-        RP_HIDE_END();
-        if (XW_COUNT(w)) {
-            owner_add(&tc->bin[c].net, XW_COUNT(w)); /* their frees were counted */
-            rpi_report(p, RP_ERR_NOT_LIVE, slot(s, XW_HEAD(w) - 1),
-                       "rp_free(%p): object is not live (double free?): freed by "
-                       "another thread after its slab had no object out "
-                       "(%u such frees dropped)",
-                       slot(s, XW_HEAD(w) - 1), XW_COUNT(w));
-        }
+        if (!in_order(p, s))
+            rewind_slab(p, s);
         s->where = W_NONE; /* the caller makes it current and sets the owner */
         return s;
     }
@@ -722,7 +793,9 @@ static void slab_retire(rp_pool *p, struct tcache *tc, struct slab *s)
 {
     if (s->flags & SLAB_QUARANTINE)
         return; /* damaged: never reused nor released (it stays allocated) */
-    if (tc->nempty < EMPTY_MAX) {
+    size_t bytes = rpi_desc_bytes(p, desc_of(s));
+    empty_age(p, tc);
+    if (tc->nempty < EMPTY_MAX || tc->ebytes + bytes <= tc->ecap) {
         /* Slow owner word: a stray free into an empty slab takes the
          * general path, which reports it. */
         rp_store_relaxed_u64(&s->owner, tc->token | OWNER_SLOW);
@@ -730,6 +803,7 @@ static void slab_retire(rp_pool *p, struct tcache *tc, struct slab *s)
         s->u.l.next = tc->empty;
         tc->empty = s;
         tc->nempty++;
+        tc->ebytes += bytes;
         return;
     }
     slab_release(p, s);
@@ -777,10 +851,16 @@ static void *extend(rp_pool *p, struct slab *s)
     uint32_t k = s->cap - nb;
     if (k > ci->batch)
         k = ci->batch;
-    char *o = slot(s, nb);
-    for (uint32_t i = 0; i + 1 < k; i++)
-        link_set(p, o + (size_t)i * s->size, o + (size_t)(i + 1) * s->size);
-    link_set(p, o + (size_t)(k - 1) * s->size, NULL);
+    char *o = slot(s, nb), *last = o + (size_t)(k - 1) * s->size;
+    if (p->cfg.hardened) {
+        for (char *q = o; q < last; q += s->size)
+            link_set(p, q, q + s->size);
+    } else {
+        size_t sz = s->size; /* plain links: 4 instructions per slot */
+        for (char *q = o; q < last; q += sz)
+            raw_store(q, q + sz);
+    }
+    link_set(p, last, NULL);
     s->nbumped = nb + k;
     /* Freers of these slots read lim after the user's own hand-off of the
      * pointer; relaxed suffices (they only compare against it). */
@@ -795,6 +875,10 @@ static void *take_list(rp_pool *p, struct slab *s)
 {
     if (!s->free && !collect(p, s))
         return extend(p, s);
+    if (s->used == 0 && !in_order(p, s)) {
+        rewind_slab(p, s); /* every object came back: hand them out in order */
+        return extend(p, s);
+    }
     void *list = s->free;
     s->free = NULL;
     s->used = (int32_t)bumped(s);
@@ -1012,6 +1096,10 @@ __attribute__((noinline, cold)) static void tcache_init(rp_pool *p, struct tcach
     tc->batch = !p->cfg.hardened;
     tc->tagkey = tag_key(p);
     tc->gmask = ((uint64_t)1 << p->gshift) - 1;
+    /* Without a purger nothing would age the kept slabs: EMPTY_MAX only. */
+    tc->ecap = p->rc_cap ? (p->rc_cap < EMPTY_BYTES ? p->rc_cap : EMPTY_BYTES) : 0;
+    tc->eepoch = rp_load_relaxed_u64(&p->rc_epoch);
+    tc->elow = 0;
     tc->inited = 1;
 }
 
@@ -1184,6 +1272,7 @@ void rpi_slab_thread_exit(rp_pool *p, rp_tstate *ts)
         slab_release(p, s);
     }
     tc->nempty = 0;
+    tc->ebytes = 0;
     tc->inited = 0;
 }
 
@@ -1288,8 +1377,26 @@ __attribute__((noinline)) static void *alloc_general(rp_pool *p, size_t size)
     return large_alloc(p, size, 16);
 }
 
+#if RP_FAST
+/* rp_alloc when the bin b of the fast-path tcache (tlc) is empty: refill it
+ * without the shard lookup (the tcache is the fast one: not hardened, no
+ * sanitizer, so slab_alloc's checks and annotations are void). Out of
+ * line, so that rp_alloc keeps no stack frame. O(1) amortized (refill). */
+__attribute__((noinline)) static void *alloc_refill(rp_pool *p, size_t size, struct bin *b)
+{
+    struct tcache *tc = (struct tcache *)(void *)(tlc.bins - offsetof(struct tcache, bin));
+    unsigned c = (unsigned)(b - tc->bin);
+    if (RP_UNLIKELY(!sp_of(p)->cls[c].cap))
+        return alloc_general(p, size); /* a class no slab serves */
+    void *o = refill(p, tc, c);
+    if (o)
+        owner_add(&b->net, 1);
+    return o;
+}
+#endif
+
 /* Public API, see rpool.h. Fast path O(1) and no call; otherwise see
- * alloc_general. */
+ * alloc_refill and alloc_general. */
 void *rp_alloc(rp_pool *p, size_t size)
 {
 #if RP_FAST
@@ -1302,6 +1409,7 @@ void *rp_alloc(rp_pool *p, size_t size)
             owner_add(&b->net, 1);
             return o;
         }
+        return alloc_refill(p, size, b);
     }
 #endif
     return alloc_general(p, size);
@@ -2249,7 +2357,7 @@ static void chk_shard(rp_tstate *ts, void *arg)
             chk_owner_list(k, cd->full, c, tc->token | OWNER_SLOW, W_FULL);
         }
         uint32_t n = 0;
-        for (struct slab *s = tc->empty; s && !k->bad && n <= EMPTY_MAX;
+        for (struct slab *s = tc->empty; s && !k->bad && n <= tc->nempty;
              s = s->u.l.next, n++)
             chk_slab(k, s, s->cls, tc->token | OWNER_SLOW, W_EMPTY, NULL);
         if (n != tc->nempty && !k->bad)
