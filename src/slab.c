@@ -762,9 +762,9 @@ static void empty_age(rp_pool *p, struct tcache *tc)
     tc->elow = tc->nempty;
 }
 
-/* An empty slab of tc's cache for class c: one of class c as it is (its
- * free list intact: no relinking), else one of the same region size
- * reformatted for c; NULL if none. O(EMPTY_MAX) (reformat: O(1), TSan
+/* An empty slab of tc's cache for class c: one of class c (rewound unless
+ * its list is already in address order), else one of the same region size
+ * reformatted for c; NULL if none. O(kept slabs) (reformat: O(1), TSan
  * O(slots)). */
 static struct slab *empty_take(rp_pool *p, struct tcache *tc, unsigned c)
 {
