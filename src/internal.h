@@ -150,7 +150,7 @@ typedef struct rp_account {
  * grace period. Embedded blobs belong to arena.c and slab.c. */
 #define RP_TS_ARENA_BYTES 256
 #define RP_RCACHE_WAYS 2
-#define RP_TS_SLAB_BYTES 2048
+#define RP_TS_SLAB_BYTES 2560
 
 typedef struct rp_tstate {
     struct cds_list_head node;  /* on pool->threads; RCU list */
@@ -217,6 +217,8 @@ struct rp_pool {
     uint32_t rc_on;             /* 1: releases may go to thread caches (0
                                    in a fork child: no purger there);
                                    relaxed */
+    uint32_t esteal_busy;       /* 1: a steal of threads' empty slabs or the
+                                   slab check runs (slab.c); CAS 0 -> 1 */
     uint64_t rc_epoch;          /* purger ticks; the purger writes, cache
                                    puts read (relaxed) */
     uint64_t rc_ticks;          /* ticks a cached region must sit before the
@@ -450,6 +452,11 @@ RP_HIDDEN int rpi_slab_init(rp_pool *p);
 RP_HIDDEN int rpi_slab_check(rp_pool *p);
 RP_HIDDEN void rpi_slab_stats(rp_pool *p, rp_stats *st);
 RP_HIDDEN void rpi_slab_thread_exit(rp_pool *p, rp_tstate *ts);
+/* Give back the empty slabs threads keep for reuse: all of them, or those
+ * kept for at least the purge delay (rc_ticks purger ticks). Any thread;
+ * skipped (0) while another steal or rp_check's slab part runs. Returns the
+ * slabs released. O(shards x ESLOTS). */
+RP_HIDDEN size_t rpi_slab_steal(rp_pool *p, bool all);
 
 RP_HIDDEN int rpi_arena_init(rp_pool *p);
 RP_HIDDEN int rpi_arena_check(rp_pool *p);

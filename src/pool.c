@@ -92,6 +92,8 @@ static void fork_release(int child)
              * count as expired at the next purge (from a release). */
             rp_store_relaxed_u32(&p->rc_on, 0);
             p->rc_ticks = 0;
+            /* A steal or check in another thread ended with the fork. */
+            rp_store_relaxed_u32(&p->esteal_busy, 0);
         }
     }
     rpi_threads_postfork(child);
@@ -142,13 +144,15 @@ rp_pool *rp_pool_create(const rp_config *cfg)
         return NULL;
     int rc = rpi_threads_init(p);
     if (!rc)
-        rc = rpi_purger_start(p);
-    if (!rc)
         rc = rpi_heap_init(p);
     if (!rc)
         rc = rpi_slab_init(p);
     if (!rc)
         rc = rpi_arena_init(p);
+    /* Last: the purger reads the modules' state (p->heap, p->slab), and
+     * pthread_create orders their initialization before its first read. */
+    if (!rc)
+        rc = rpi_purger_start(p);
     if (rc) {
         rpi_purger_stop(p);
         rpi_reserve_destroy(p);

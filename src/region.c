@@ -763,8 +763,13 @@ size_t rpi_purge_for(rp_pool *p, size_t bytes)
     for (int round = 0; round < 2; round++) {
         for (int c = (int)p->nclasses - 1; c >= 0 && got < bytes; c--)
             got += purge_class(p, (unsigned)c, true, UINT64_MAX, bytes - got);
-        /* Then what thread caches hold, and purge again. */
-        if (got >= bytes || round || !cache_steal(p, true))
+        /* Then what threads keep: their empty slabs (released into the
+         * region layer, possibly into this thread's region cache), then
+         * the region caches, and purge again. */
+        if (got >= bytes || round)
+            break;
+        size_t slabs = rpi_slab_steal(p, true);
+        if (!cache_steal(p, true) && !slabs)
             break;
     }
     if (got < bytes) /* lazily kept free heap fragments last */
@@ -796,7 +801,8 @@ void rpi_purge_expired(rp_pool *p)
     uint64_t now = rpi_now_ms();
     uint64_t delay = p->cfg.purge_delay_ms;
     uint64_t cutoff = now >= delay ? now - delay : 0;
-    cache_steal(p, false); /* expired thread-cache entries first */
+    rpi_slab_steal(p, false); /* empty slabs kept a purge delay unused */
+    cache_steal(p, false);    /* expired thread-cache entries first */
     for (unsigned c = 0; c < p->nclasses; c++)
         purge_class(p, c, false, cutoff, SIZE_MAX);
     rpi_heap_purge_lazy(p, SIZE_MAX, cutoff); /* expired free heap fragments */

@@ -19,7 +19,10 @@
  *    frees (objects of other threads' slabs freed by this thread, not yet
  *    pushed). Only the owning thread touches a tcache, except the per-class
  *    net counters (owner stores them relaxed, rpi_slab_stats loads them
- *    relaxed) and rp_check (hidden, quiescent).
+ *    relaxed), the empty-slab slots (eslot/ekept: a stealer -- budget
+ *    squeeze, rp_purge, the purger -- may empty a slot with a CAS and
+ *    release its slab; see slab_retire and rpi_slab_steal) and rp_check
+ *    (hidden, quiescent).
  *  - A slab is owned by one tcache (s->owner = that thread's token: its
  *    thread pointer). Only the owner touches s->free (the local free list),
  *    s->used and the list links.
@@ -89,6 +92,8 @@
  */
 #include "internal.h"
 
+#include <sched.h>
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -122,6 +127,7 @@
 #define EMPTY_MAX 4         /* empty slabs a thread keeps for reuse, at least */
 #define EMPTY_BYTES ((size_t)2 << 20) /* ... and up to this many bytes of them
                                         when the pool has a purger */
+#define ESLOTS 32           /* ... in at most this many slots */
 #define FULL_SCAN 16        /* full slabs polled for remote frees per refill */
 #define HEAP_ROUTE_MAX ((size_t)1 << 20) /* mid sizes: heap first up to this */
 
@@ -281,14 +287,24 @@ struct tcache {
     uint64_t tagkey;      /* pool-wide: word 1 of a batched object is
                              tagkey ^ its address */
     uint64_t gmask;       /* region_min_bytes - 1: offset in a granule */
-    struct slab *empty;   /* empty slabs kept for reuse (any class), the
-                             last kept first */
-    uint32_t nempty;
-    uint32_t elow;        /* fewest empty slabs kept since eepoch */
-    uint64_t ebytes;      /* bytes of the empty slabs kept */
+    /* Empty slabs kept for reuse (any class), one per slot ("Empty slabs"
+     * below). eslot[i]: atomic. Only the owner fills a slot (release store,
+     * after the slab's fields and ekept[i]); the owner empties one with an
+     * exchange, a stealer (budget squeeze, rp_purge, the purger's expiry)
+     * with a CAS: whoever empties a slot owns the slab. ekept[i]: purger
+     * tick when kept (relaxed; stealers read it). ecls/esize and emask are
+     * the owner's: the class and bytes it put in slot i, and the slots it
+     * filled and has not emptied itself; a slot in emask found NULL was
+     * stolen, and only then do nempty/ebytes learn it. */
+    struct slab *eslot[ESLOTS];
+    uint32_t ekept[ESLOTS];
+    uint32_t esize[ESLOTS];
+    uint8_t ecls[ESLOTS];
+    uint32_t emask;
+    uint32_t nempty;      /* popcount(emask) */
+    uint64_t ebytes;      /* sum of esize over emask */
     uint64_t ecap;        /* keep empty slabs up to this many bytes (or
                              EMPTY_MAX of them) */
-    uint64_t eepoch;      /* purger tick of the last ageing (empty_age) */
     uint32_t inited;
     uint64_t token;       /* owner word of this tcache's slabs */
     uint32_t slow;        /* 1: no fast paths (hardened, TSan runtime) */
@@ -728,96 +744,95 @@ static void rewind_slab(rp_pool *p, struct slab *s)
     rp_store_relaxed_u64(&s->lim, 0);
 }
 
-/* Age tc's empty-slab cache: once per purge delay (rc_ticks purger ticks),
- * give back as many slabs as the cache never went below during that time,
- * the least recently kept first: they sat unused for a whole purge delay,
- * as long as a released region waits before the pool purges it. Called on
- * the slow paths that move the cache (keep, take); a thread that stops
- * allocating and freeing keeps its cache (at most ecap bytes) until it
- * does again, detaches or exits. O(1), O(kept slabs) when it gives back. */
-static void empty_age(rp_pool *p, struct tcache *tc)
+/* Owner: forget slot i (emptied by the owner, or found stolen). */
+static inline void empty_forget(struct tcache *tc, unsigned i)
 {
-    if (!tc->ecap)
-        return;
-    uint64_t e = rp_load_relaxed_u64(&p->rc_epoch);
-    if (e - tc->eepoch < p->rc_ticks)
-        return;
-    tc->eepoch = e;
-    uint32_t drop = tc->elow;
-    if (drop) {
-        /* Keep the first nempty - drop, release the rest. */
-        struct slab **pp = &tc->empty;
-        for (uint32_t i = drop; i < tc->nempty; i++)
-            pp = &(*pp)->u.l.next;
-        struct slab *s = *pp;
-        *pp = NULL;
-        tc->nempty -= drop;
-        while (s) {
-            struct slab *next = s->u.l.next;
-            tc->ebytes -= rpi_desc_bytes(p, desc_of(s));
-            slab_release(p, s);
-            s = next;
-        }
+    tc->emask &= ~(1u << i);
+    tc->nempty--;
+    tc->ebytes -= tc->esize[i];
+}
+
+/* Owner: take the slab of slot i, or NULL if a stealer took it first (then
+ * the slot is only forgotten). The exchange pairs with the release store
+ * that filled the slot and races with a stealer's CAS: one of them wins. */
+static inline struct slab *empty_claim(struct tcache *tc, unsigned i)
+{
+    struct slab *s = rp_swap_ptr((void **)&tc->eslot[i], NULL);
+    empty_forget(tc, i);
+    return s;
+}
+
+/* Owner: forget the slots stealers emptied. O(ESLOTS). */
+static void empty_resync(struct tcache *tc)
+{
+    for (uint32_t m = tc->emask; m; m &= m - 1) {
+        unsigned i = (unsigned)__builtin_ctz(m);
+        if (!rp_load_relaxed_ptr((void *const *)&tc->eslot[i]))
+            empty_forget(tc, i);
     }
-    tc->elow = tc->nempty;
 }
 
 /* An empty slab of tc's cache for class c: one of class c (rewound unless
  * its list is already in address order), else one of the same region size
- * reformatted for c; NULL if none. O(kept slabs) (reformat: O(1), TSan
+ * reformatted for c; NULL if none. O(ESLOTS) (reformat: O(1), TSan
  * O(slots)). */
 static struct slab *empty_take(rp_pool *p, struct tcache *tc, unsigned c)
 {
     size_t want = sp_of(p)->cls[c].slab_bytes;
-    struct slab **hit = NULL;
-    for (struct slab **pp = &tc->empty; *pp; pp = &(*pp)->u.l.next) {
-        struct slab *s = *pp;
-        if (s->cls == c) {
-            hit = pp;
-            break;
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t m = tc->emask; m; m &= m - 1) {
+            unsigned i = (unsigned)__builtin_ctz(m);
+            if (pass == 0 ? tc->ecls[i] != c : tc->esize[i] != want)
+                continue;
+            struct slab *s = empty_claim(tc, i);
+            if (!s)
+                continue; /* stolen */
+            if (s->cls == c) {
+                if (!in_order(p, s))
+                    rewind_slab(p, s);
+                s->where = W_NONE; /* the caller makes it current, sets the owner */
+                return s;
+            }
+            acquire_slots(s); /* the memory is cut into other objects */
+            return slab_format(p, tc, desc_of(s), c);
         }
-        if (!hit && rpi_desc_bytes(p, desc_of(s)) == want)
-            hit = pp;
     }
-    if (!hit)
-        return NULL;
-    struct slab *s = *hit;
-    *hit = s->u.l.next;
-    tc->nempty--;
-    tc->ebytes -= rpi_desc_bytes(p, desc_of(s));
-    if (tc->nempty < tc->elow)
-        tc->elow = tc->nempty;
-    empty_age(p, tc);
-    if (s->cls == c) {
-        if (!in_order(p, s))
-            rewind_slab(p, s);
-        s->where = W_NONE; /* the caller makes it current and sets the owner */
-        return s;
-    }
-    acquire_slots(s); /* the memory is cut into other objects */
-    return slab_format(p, tc, desc_of(s), c);
+    return NULL;
 }
 
 /* s (owned by tc, used == 0, on no list, not current) became empty: keep it
- * for reuse or give it back. O(1) (release: see slab_release). */
+ * for reuse or give it back. Up to EMPTY_MAX slabs, or up to ecap bytes
+ * while the pool has a purger that expires them (a fork child has none).
+ * O(1); O(ESLOTS) when the cache looks full (resync); release: see
+ * slab_release. */
 static void slab_retire(rp_pool *p, struct tcache *tc, struct slab *s)
 {
     if (s->flags & SLAB_QUARANTINE)
         return; /* damaged: never reused nor released (it stays allocated) */
-    size_t bytes = rpi_desc_bytes(p, desc_of(s));
-    empty_age(p, tc);
-    if (tc->nempty < EMPTY_MAX || tc->ebytes + bytes <= tc->ecap) {
-        /* Slow owner word: a stray free into an empty slab takes the
-         * general path, which reports it. */
-        rp_store_relaxed_u64(&s->owner, tc->token | OWNER_SLOW);
-        s->where = W_EMPTY;
-        s->u.l.next = tc->empty;
-        tc->empty = s;
-        tc->nempty++;
-        tc->ebytes += bytes;
+    uint32_t bytes = (uint32_t)rpi_desc_bytes(p, desc_of(s));
+    uint64_t cap = rp_load_relaxed_u32(&p->rc_on) ? tc->ecap : 0;
+    bool fits = tc->nempty < EMPTY_MAX || tc->ebytes + bytes <= cap;
+    if (!fits || tc->emask == ~0u) {
+        empty_resync(tc);
+        fits = tc->nempty < EMPTY_MAX || tc->ebytes + bytes <= cap;
+    }
+    if (!fits || tc->emask == ~0u) {
+        slab_release(p, s);
         return;
     }
-    slab_release(p, s);
+    unsigned i = (unsigned)__builtin_ctz(~tc->emask);
+    /* Slow owner word: a stray free into an empty slab takes the general
+     * path, which reports it. */
+    rp_store_relaxed_u64(&s->owner, tc->token | OWNER_SLOW);
+    s->where = W_EMPTY;
+    tc->ecls[i] = (uint8_t)s->cls;
+    tc->esize[i] = bytes;
+    tc->emask |= 1u << i;
+    tc->nempty++;
+    tc->ebytes += bytes;
+    rp_store_relaxed_u32(&tc->ekept[i], (uint32_t)rp_load_relaxed_u64(&p->rc_epoch));
+    /* Publishes the slab's state to a stealer: pairs with its CAS. */
+    rp_store_release_ptr((void **)&tc->eslot[i], s);
 }
 
 /* Take s's remote list into its local list (owner only, state OWNED).
@@ -1118,8 +1133,6 @@ __attribute__((noinline, cold)) static void tcache_init(rp_pool *p, struct tcach
     tc->gmask = ((uint64_t)1 << p->gshift) - 1;
     /* Without a purger nothing would age the kept slabs: EMPTY_MAX only. */
     tc->ecap = p->rc_cap ? (p->rc_cap < EMPTY_BYTES ? p->rc_cap : EMPTY_BYTES) : 0;
-    tc->eepoch = rp_load_relaxed_u64(&p->rc_epoch);
-    tc->elow = 0;
     tc->inited = 1;
 }
 
@@ -1286,13 +1299,11 @@ void rpi_slab_thread_exit(rp_pool *p, rp_tstate *ts)
             rp_store_relaxed_u64(&tc->bin[c].net, 0);
         }
     }
-    while (tc->empty) {
-        struct slab *s = tc->empty;
-        tc->empty = s->u.l.next;
-        slab_release(p, s);
+    for (uint32_t m = tc->emask; m; m &= m - 1) {
+        struct slab *s = empty_claim(tc, (unsigned)__builtin_ctz(m));
+        if (s)
+            slab_release(p, s);
     }
-    tc->nempty = 0;
-    tc->ebytes = 0;
     tc->inited = 0;
 }
 
@@ -2376,12 +2387,24 @@ static void chk_shard(rp_tstate *ts, void *arg)
             chk_owner_list(k, cd->partial, c, tc->token, W_PARTIAL);
             chk_owner_list(k, cd->full, c, tc->token | OWNER_SLOW, W_FULL);
         }
-        uint32_t n = 0;
-        for (struct slab *s = tc->empty; s && !k->bad && n <= tc->nempty;
-             s = s->u.l.next, n++)
-            chk_slab(k, s, s->cls, tc->token | OWNER_SLOW, W_EMPTY, NULL);
-        if (n != tc->nempty && !k->bad)
-            chk_fail(k, NULL, "check: %u empty slabs cached, count says %u", n, tc->nempty);
+        /* Stealers are held off (rpi_slab_check); a slot in emask may be
+         * empty (stolen, not yet noticed by the owner), a full slot must be
+         * in emask. */
+        for (unsigned i = 0; i < ESLOTS && !k->bad; i++) {
+            struct slab *s = rp_load_acquire_ptr((void *const *)&tc->eslot[i]);
+            if (!s)
+                continue;
+            if (!(tc->emask & (1u << i)))
+                chk_fail(k, s, "check: empty-slab slot %u holds %p, not marked", i, (void *)s);
+            else if (s->cls != tc->ecls[i])
+                chk_fail(k, s, "check: empty-slab slot %u: class %u, recorded %u", i,
+                         (unsigned)s->cls, (unsigned)tc->ecls[i]);
+            else
+                chk_slab(k, s, s->cls, tc->token | OWNER_SLOW, W_EMPTY, NULL);
+        }
+        if ((uint32_t)__builtin_popcount(tc->emask) != tc->nempty && !k->bad)
+            chk_fail(k, NULL, "check: %u empty-slab slots marked, count says %u",
+                     (unsigned)__builtin_popcount(tc->emask), tc->nempty);
         for (unsigned i = 0; i < RB_N && !k->bad; i++)
             if (tc->rb[i].s)
                 chk_batch(k, tc, &tc->rb[i]);
@@ -2392,11 +2415,74 @@ static void chk_shard(rp_tstate *ts, void *arg)
 /* rp_check's slab part: every shard's slabs and every abandoned stack (see
  * OBJECTS.md "Statistics and checks"). Exact at quiescent points. 0, or
  * -EFAULT after one RP_ERR_INVARIANT report. O(slabs x objects per slab). */
+/* ---- stealing kept empty slabs ------------------------------------------ */
+
+struct esteal_ctx {
+    rp_pool *p;
+    bool all;
+    uint32_t epoch;
+    size_t n;
+};
+
+/* The slots of one shard, under the RCU read lock (rpi_threads_foreach). A
+ * shard's blob is zeroed before it is published, so an unused tcache has
+ * only empty slots. */
+static void steal_shard_empties(rp_tstate *ts, void *arg)
+{
+    struct esteal_ctx *c = arg;
+    struct tcache *tc = tc_of_ts(ts);
+    for (unsigned i = 0; i < ESLOTS; i++) {
+        void **slot = (void **)&tc->eslot[i];
+        void *s = rp_load_relaxed_ptr(slot);
+        if (!s)
+            continue;
+        /* A stale tick (the slot refilled since the load) only makes the
+         * steal early; the CAS below still takes the slab it names. */
+        if (!c->all && c->epoch - rp_load_relaxed_u32(&tc->ekept[i]) < c->p->rc_ticks)
+            continue;
+        /* CAS s -> NULL: races with the owner's exchange in empty_claim,
+         * exactly one of them empties the slot and owns the slab; pairs
+         * with the owner's release store in slab_retire. */
+        if (rp_cas_ptr(slot, &s, NULL)) {
+            slab_release(c->p, s);
+            c->n++;
+        }
+    }
+}
+
+static int slab_check(rp_pool *p, struct slab_pool *sp);
+
+size_t rpi_slab_steal(rp_pool *p, bool all)
+{
+    if (!sp_of(p))
+        return 0;
+    uint32_t idle = 0;
+    /* CAS 0 -> 1 (acquire): one steal at a time and never during the slab
+     * check; pairs with the release stores that clear the flag. */
+    if (!rp_cas_u32(&p->esteal_busy, &idle, 1))
+        return 0;
+    struct esteal_ctx c = {p, all, (uint32_t)rp_load_relaxed_u64(&p->rc_epoch), 0};
+    rpi_threads_foreach(p, steal_shard_empties, &c);
+    rp_store_release_u32(&p->esteal_busy, 0);
+    return c.n;
+}
+
 int rpi_slab_check(rp_pool *p)
 {
     struct slab_pool *sp = sp_of(p);
     if (!sp)
         return 0;
+    /* Hold stealers off: a slab stolen mid-check would look damaged. A
+     * steal is short and never blocks (CAS 0 -> 1, see rpi_slab_steal). */
+    for (uint32_t idle = 0; !rp_cas_u32(&p->esteal_busy, &idle, 1); idle = 0)
+        sched_yield();
+    int rc = slab_check(p, sp);
+    rp_store_release_u32(&p->esteal_busy, 0);
+    return rc;
+}
+
+static int slab_check(rp_pool *p, struct slab_pool *sp)
+{
     struct chk k;
     memset(&k, 0, sizeof k);
     k.p = p;

@@ -1434,6 +1434,105 @@ static void test_slab_detach_then_free(void **state)
     rp_pool_destroy(p);
 }
 
+/* ---- empty slabs of idle threads ------------------------------------------- */
+
+struct idle_ctx {
+    rp_pool *p;
+    pthread_barrier_t b;
+    int rounds;
+};
+
+/* Each round: 4096 x 256 B allocated, written, freed (its slabs become
+ * empty and are kept for reuse), then idle at the barrier while the main
+ * thread looks. */
+static void *idle_worker(void *arg)
+{
+    struct idle_ctx *x = arg;
+    static void *o[4096];
+    for (int r = 0; r < x->rounds; r++) {
+        for (int i = 0; i < 4096; i++) {
+            o[i] = rp_alloc(x->p, 256);
+            assert_non_null(o[i]);
+            memset(o[i], r + 1, 256);
+        }
+        for (int i = 0; i < 4096; i++)
+            rp_free(x->p, o[(i * 1237) % 4096]);
+        pthread_barrier_wait(&x->b); /* idle: main inspects */
+        pthread_barrier_wait(&x->b); /* main done */
+    }
+    return NULL;
+}
+
+/* Wait until the worker's kept slabs (in_use above base) are at most a
+ * quarter of `kept`; returns the milliseconds waited (-1: timeout). */
+static int wait_given_back(rp_pool *p, size_t base, size_t kept)
+{
+    for (int ms = 0; ms < 5000; ms += 5) {
+        if ((rp_test_stats(p).region_in_use_bytes - base) * 4 <= kept)
+            return ms;
+        usleep(5000);
+    }
+    return -1;
+}
+
+/* A thread that goes idle keeps up to EMPTY_BYTES of empty slabs for
+ * reuse, but they are not lost to the pool: a physical-budget squeeze and
+ * rp_purge take them back at once, the purger once they sat unused for the
+ * purge delay, all while the thread is alive and never calls rpool again. */
+static void test_slab_idle_thread_empties_given_back(void **state)
+{
+    (void)state;
+    for (int phase = 0; phase < 2; phase++) {
+        rp_errlog log = {0};
+        rp_config c = rp_test_config(&log);
+        c.purge_thread = 1;
+        c.region_cache_bytes = 8 * MiB;
+        c.purge_delay_ms = phase == 0 ? 60000 : 40;
+        rp_pool *p = rp_pool_create(&c);
+        assert_non_null(p);
+        struct idle_ctx x = {.p = p, .rounds = phase == 0 ? 2 : 1};
+        pthread_barrier_init(&x.b, NULL, 2);
+        size_t base = rp_test_stats(p).region_in_use_bytes;
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, idle_worker, &x), 0);
+        for (int r = 0; r < x.rounds; r++) {
+            pthread_barrier_wait(&x.b);
+            rp_stats k = rp_test_stats(p);
+            size_t kept = k.region_in_use_bytes - base;
+            assert_true(kept >= 512 * KiB); /* most of the 1 MiB of slabs */
+            assert_int_equal(rp_check(p), 0);
+            if (phase == 1) {
+                /* The purger, after the delay. */
+                int ms = wait_given_back(p, base, kept);
+                assert_true(ms >= 30);
+            } else if (r == 0) {
+                /* A budget squeeze: the physical budget is what is in use
+                 * now; a 512 KiB region fits only if the idle thread's
+                 * empty slabs go back and are purged (its current slab
+                 * stays). */
+                assert_int_equal(rp_budget_set(p, RP_BUDGET_PHYSICAL, k.physical_bytes), 0);
+                void *rg = rp_region_acquire(p, 512 * KiB);
+                assert_non_null(rg);
+                memset(rg, 7, 512 * KiB);
+                assert_int_equal(wait_given_back(p, base + 512 * KiB, kept), 0);
+                rp_region_release(p, rg);
+                assert_int_equal(rp_budget_set(p, RP_BUDGET_PHYSICAL, 64 * GiB), 0);
+            } else {
+                /* rp_purge. */
+                assert_true(rp_purge(p) >= kept / 2);
+                assert_int_equal(wait_given_back(p, base, kept), 0);
+            }
+            assert_int_equal(rp_check(p), 0);
+            pthread_barrier_wait(&x.b);
+        }
+        pthread_join(t, NULL);
+        pthread_barrier_destroy(&x.b);
+        assert_int_equal(rp_check(p), 0);
+        assert_int_equal(log.count, 0);
+        rp_pool_destroy(p);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1460,6 +1559,7 @@ int main(void)
         cmocka_unit_test(test_slab_thread_exit_abandon_adopt),
         cmocka_unit_test(test_slab_exit_races_remote_frees),
         cmocka_unit_test(test_slab_detach_then_free),
+        cmocka_unit_test(test_slab_idle_thread_empties_given_back),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
