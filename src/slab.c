@@ -295,14 +295,13 @@ struct tcache {
      * tick when kept (relaxed; stealers read it). ecls/esize and emask are
      * the owner's: the class and bytes it put in slot i, and the slots it
      * filled and has not emptied itself; a slot in emask found NULL was
-     * stolen, and only then do nempty/ebytes learn it. */
+     * stolen (empty_resync forgets it). Count and bytes kept derive from
+     * emask and esize (empty_fits). */
     struct slab *eslot[ESLOTS];
     uint32_t ekept[ESLOTS];
     uint32_t esize[ESLOTS];
     uint8_t ecls[ESLOTS];
     uint32_t emask;
-    uint32_t nempty;      /* popcount(emask) */
-    uint64_t ebytes;      /* sum of esize over emask */
     uint64_t ecap;        /* keep empty slabs up to this many bytes (or
                              EMPTY_MAX of them) */
     uint32_t inited;
@@ -744,22 +743,13 @@ static void rewind_slab(rp_pool *p, struct slab *s)
     rp_store_relaxed_u64(&s->lim, 0);
 }
 
-/* Owner: forget slot i (emptied by the owner, or found stolen). */
-static inline void empty_forget(struct tcache *tc, unsigned i)
-{
-    tc->emask &= ~(1u << i);
-    tc->nempty--;
-    tc->ebytes -= tc->esize[i];
-}
-
 /* Owner: take the slab of slot i, or NULL if a stealer took it first (then
  * the slot is only forgotten). The exchange pairs with the release store
  * that filled the slot and races with a stealer's CAS: one of them wins. */
 static inline struct slab *empty_claim(struct tcache *tc, unsigned i)
 {
-    struct slab *s = rp_swap_ptr((void **)&tc->eslot[i], NULL);
-    empty_forget(tc, i);
-    return s;
+    tc->emask &= ~(1u << i);
+    return rp_swap_ptr((void **)&tc->eslot[i], NULL);
 }
 
 /* Owner: forget the slots stealers emptied. O(ESLOTS). */
@@ -768,8 +758,23 @@ static void empty_resync(struct tcache *tc)
     for (uint32_t m = tc->emask; m; m &= m - 1) {
         unsigned i = (unsigned)__builtin_ctz(m);
         if (!rp_load_relaxed_ptr((void *const *)&tc->eslot[i]))
-            empty_forget(tc, i);
+            tc->emask &= ~(1u << i);
     }
+}
+
+/* Owner: may a slab of `bytes` join the cache? A free slot, and fewer than
+ * EMPTY_MAX slabs kept or the kept bytes within cap (slots stolen but not
+ * yet forgotten still count). O(ESLOTS). */
+static bool empty_fits(const struct tcache *tc, uint32_t bytes, uint64_t cap)
+{
+    if (tc->emask == ~0u)
+        return false;
+    if (__builtin_popcount(tc->emask) < EMPTY_MAX)
+        return true;
+    uint64_t kept = bytes;
+    for (uint32_t m = tc->emask; m; m &= m - 1)
+        kept += tc->esize[__builtin_ctz(m)];
+    return kept <= cap;
 }
 
 /* An empty slab of tc's cache for class c: one of class c (rewound unless
@@ -811,14 +816,12 @@ static void slab_retire(rp_pool *p, struct tcache *tc, struct slab *s)
         return; /* damaged: never reused nor released (it stays allocated) */
     uint32_t bytes = (uint32_t)rpi_desc_bytes(p, desc_of(s));
     uint64_t cap = rp_load_relaxed_u32(&p->rc_on) ? tc->ecap : 0;
-    bool fits = tc->nempty < EMPTY_MAX || tc->ebytes + bytes <= cap;
-    if (!fits || tc->emask == ~0u) {
+    if (!empty_fits(tc, bytes, cap)) {
         empty_resync(tc);
-        fits = tc->nempty < EMPTY_MAX || tc->ebytes + bytes <= cap;
-    }
-    if (!fits || tc->emask == ~0u) {
-        slab_release(p, s);
-        return;
+        if (!empty_fits(tc, bytes, cap)) {
+            slab_release(p, s);
+            return;
+        }
     }
     unsigned i = (unsigned)__builtin_ctz(~tc->emask);
     /* Slow owner word: a stray free into an empty slab takes the general
@@ -828,8 +831,6 @@ static void slab_retire(rp_pool *p, struct tcache *tc, struct slab *s)
     tc->ecls[i] = (uint8_t)s->cls;
     tc->esize[i] = bytes;
     tc->emask |= 1u << i;
-    tc->nempty++;
-    tc->ebytes += bytes;
     rp_store_relaxed_u32(&tc->ekept[i], (uint32_t)rp_load_relaxed_u64(&p->rc_epoch));
     /* Publishes the slab's state to a stealer: pairs with its CAS. */
     rp_store_release_ptr((void **)&tc->eslot[i], s);
@@ -2402,9 +2403,6 @@ static void chk_shard(rp_tstate *ts, void *arg)
             else
                 chk_slab(k, s, s->cls, tc->token | OWNER_SLOW, W_EMPTY, NULL);
         }
-        if ((uint32_t)__builtin_popcount(tc->emask) != tc->nempty && !k->bad)
-            chk_fail(k, NULL, "check: %u empty-slab slots marked, count says %u",
-                     (unsigned)__builtin_popcount(tc->emask), tc->nempty);
         for (unsigned i = 0; i < RB_N && !k->bad; i++)
             if (tc->rb[i].s)
                 chk_batch(k, tc, &tc->rb[i]);
@@ -2412,9 +2410,6 @@ static void chk_shard(rp_tstate *ts, void *arg)
     RP_HIDE_END();
 }
 
-/* rp_check's slab part: every shard's slabs and every abandoned stack (see
- * OBJECTS.md "Statistics and checks"). Exact at quiescent points. 0, or
- * -EFAULT after one RP_ERR_INVARIANT report. O(slabs x objects per slab). */
 /* ---- stealing kept empty slabs ------------------------------------------ */
 
 struct esteal_ctx {
@@ -2450,8 +2445,6 @@ static void steal_shard_empties(rp_tstate *ts, void *arg)
     }
 }
 
-static int slab_check(rp_pool *p, struct slab_pool *sp);
-
 size_t rpi_slab_steal(rp_pool *p, bool all)
 {
     if (!sp_of(p))
@@ -2467,20 +2460,7 @@ size_t rpi_slab_steal(rp_pool *p, bool all)
     return c.n;
 }
 
-int rpi_slab_check(rp_pool *p)
-{
-    struct slab_pool *sp = sp_of(p);
-    if (!sp)
-        return 0;
-    /* Hold stealers off: a slab stolen mid-check would look damaged. A
-     * steal is short and never blocks (CAS 0 -> 1, see rpi_slab_steal). */
-    for (uint32_t idle = 0; !rp_cas_u32(&p->esteal_busy, &idle, 1); idle = 0)
-        sched_yield();
-    int rc = slab_check(p, sp);
-    rp_store_release_u32(&p->esteal_busy, 0);
-    return rc;
-}
-
+/* rpi_slab_check's walk, stealers held off. */
 static int slab_check(rp_pool *p, struct slab_pool *sp)
 {
     struct chk k;
@@ -2520,4 +2500,21 @@ static int slab_check(rp_pool *p, struct slab_pool *sp)
         return -EFAULT;
     }
     return 0;
+}
+
+/* rp_check's slab part: every shard's slabs and every abandoned stack (see
+ * OBJECTS.md "Statistics and checks"). Exact at quiescent points. 0, or
+ * -EFAULT after one RP_ERR_INVARIANT report. O(slabs x objects per slab). */
+int rpi_slab_check(rp_pool *p)
+{
+    struct slab_pool *sp = sp_of(p);
+    if (!sp)
+        return 0;
+    /* Hold stealers off: a slab stolen mid-check would look damaged. A
+     * steal is short and never blocks (CAS 0 -> 1, see rpi_slab_steal). */
+    for (uint32_t idle = 0; !rp_cas_u32(&p->esteal_busy, &idle, 1); idle = 0)
+        sched_yield();
+    int rc = slab_check(p, sp);
+    rp_store_release_u32(&p->esteal_busy, 0);
+    return rc;
 }
