@@ -923,18 +923,17 @@ NOASAN static void coalesce(rp_pool *p, rp_heap *h, frag *m, op *o, int flags)
     int np = 0;
     size_t ms = fsize(m);
     range own = rclean(m);
-    if (flags & S_CHECKED) {
-        /* verified by free_locked, nothing changed since */
-    } else if (pv && (!frag_ok(h, pv) || fsize(pv) != m->prev_size)) {
-        set_error(o, RP_ERR_CORRUPT, pv, "heap: fragment %p below %p is "
-                  "damaged; not merged", (void *)pv, (void *)m);
-        pv = NULL;
-    }
-    if (!(flags & S_CHECKED) && nx &&
-        (!frag_ok(h, nx) || nx->prev_size != ms)) {
-        set_error(o, RP_ERR_CORRUPT, nx, "heap: fragment %p above %p is "
-                  "damaged; not merged", (void *)nx, (void *)m);
-        nx = NULL;
+    if (!(flags & S_CHECKED)) {
+        if (pv && (!frag_ok(h, pv) || fsize(pv) != m->prev_size)) {
+            set_error(o, RP_ERR_CORRUPT, pv, "heap: fragment %p below %p is "
+                      "damaged; not merged", (void *)pv, (void *)m);
+            pv = NULL;
+        }
+        if (nx && (!frag_ok(h, nx) || nx->prev_size != ms)) {
+            set_error(o, RP_ERR_CORRUPT, nx, "heap: fragment %p above %p is "
+                      "damaged; not merged", (void *)nx, (void *)m);
+            nx = NULL;
+        }
     }
     if (pv && ffree(pv)) {
         if (pv->req)
