@@ -324,17 +324,25 @@ static unsigned long os_calls_now(void)
 #endif
 }
 
+/* A thread's live table and latency logs for `ops` operations, touched
+ * before use; alloc/free: logs given by the caller (the replays' shared
+ * ones), or NULL for fresh ones. */
+static void thr_buffers(heap_thr *t, uint64_t ops, uint32_t *alloc, uint32_t *free_)
+{
+    size_t n = (size_t)ops * sizeof(uint32_t);
+    t->ptr = hbuf_touched(MAX_LIVE * sizeof(void *));
+    t->size = hbuf_touched(MAX_LIVE * sizeof(uint32_t));
+    t->log.op = hbuf_touched(n);
+    t->log.alloc = alloc ? alloc : hbuf_touched(n);
+    t->log.free = free_ ? free_ : hbuf_touched(n);
+    t->log.touch = hbuf_touched(n);
+}
+
 static void heap_thread(int idx, void *arg)
 {
     struct heap_ctx *c = arg;
     heap_thr *t = &c->thr[idx];
-    size_t n = (size_t)c->ops * sizeof(uint32_t);
-    t->ptr = hbuf_touched(MAX_LIVE * sizeof(void *));
-    t->size = hbuf_touched(MAX_LIVE * sizeof(uint32_t));
-    t->log.op = hbuf_touched(n);
-    t->log.alloc = hbuf_touched(n);
-    t->log.free = hbuf_touched(n);
-    t->log.touch = hbuf_touched(n);
+    thr_buffers(t, c->ops, NULL, NULL);
     t->attr.nofault = hbuf_touched((size_t)c->aops * sizeof(uint32_t));
     rpb_rng r;
     rpb_rng_seed(&r, c->seed + (uint64_t)idx);
@@ -426,19 +434,16 @@ struct replay_log {
     int done;
 };
 
+/* One replay child: the measured pass logging into the shared alloc/free
+ * logs, or (afault != NULL) the marking run, whose tick logs are private
+ * and unused. */
 static void replay_child(struct heap_ctx *c, const rpb_args *a, uint32_t *alloc,
                          uint32_t *free_, uint8_t *afault, uint8_t *ffault,
                          struct replay_log *out)
 {
     heap_thr *t = &c->thr[0];
     memset(t, 0, sizeof *t);
-    size_t n = (size_t)c->ops * sizeof(uint32_t);
-    t->ptr = hbuf_touched(MAX_LIVE * sizeof(void *));
-    t->size = hbuf_touched(MAX_LIVE * sizeof(uint32_t));
-    t->log.op = hbuf_touched(n);
-    t->log.alloc = alloc; /* shared, already touched by the parent */
-    t->log.free = free_;
-    t->log.touch = hbuf_touched(n);
+    thr_buffers(t, c->ops, alloc, free_);
 #if RPB_HAVE_HEAP
     if (a->alloc == RPB_RPOOL)
         c->actx = rpb_pool(HEAP_BYTES, -1, -1);
@@ -449,7 +454,7 @@ static void replay_child(struct heap_ctx *c, const rpb_args *a, uint32_t *alloc,
     rpb_rng_seed(&r, c->seed);
     c->fill(c->actx, t, c->target, &r);
     if (afault) {
-        t->attr.nofault = hbuf_touched(n);
+        t->attr.nofault = hbuf_touched((size_t)c->ops * sizeof(uint32_t));
         t->attr.afault = afault;
         t->attr.ffault = ffault;
         c->attr(c->actx, t, c->target, &r, c->ops);
@@ -507,9 +512,8 @@ static void replays(struct heap_ctx *c, const rpb_args *a, unsigned R)
             if (i < R)
                 replay_child(c, a, alloc + i * per, free_ + i * per, NULL,
                              NULL, &logs[i]);
-            else /* the marking run; the tick logs are scratch */
-                replay_child(c, a, alloc + R * per, free_ + R * per - per,
-                             afault, ffault, &logs[i]);
+            else /* the marking run */
+                replay_child(c, a, NULL, NULL, afault, ffault, &logs[i]);
             _exit(0);
         }
         int st;
