@@ -277,8 +277,11 @@ typedef struct rp_class_stats {
     uint64_t in_use;        /* regions handed out (to users, slabs, arenas) */
     uint64_t free_dirty;    /* free, still resident */
     uint64_t cached;        /* of free_dirty: parked in thread region caches */
-    uint64_t free_clean;    /* free, purged */
-    uint64_t carves;        /* regions carved from new address space */
+    uint64_t free_clean;    /* free, not resident: purged, or carved into a
+                               thread's run and not used yet (see
+                               docs/DESIGN.md "Runs") */
+    uint64_t carves;        /* regions carved from new address space (a
+                               run counts each of its regions) */
     uint64_t reuses;        /* regions taken from the free pool */
     uint64_t purges;        /* regions purged */
     uint64_t splits;        /* regions of this class produced by splitting */
@@ -297,7 +300,7 @@ typedef struct rp_stats {
     size_t metadata_bytes;  /* committed metadata (counted in both above) */
     size_t region_in_use_bytes;
     size_t region_dirty_bytes;   /* free but resident */
-    size_t region_clean_bytes;   /* free and purged */
+    size_t region_clean_bytes;   /* free, not resident (purged or in runs) */
     size_t heap_committed_bytes;
     size_t heap_physical_bytes;
     size_t heap_capacity_bytes;

@@ -80,8 +80,11 @@ enum rp_rstate {
     RS_FREE_LAZY,   /* on a free stack, MADV_FREE'd, still counted physical */
     RS_FREE_CLEAN,  /* on a free stack, purged (DONTNEED), not counted */
     RS_PURGING,     /* held by a purger while madvise runs */
-    RS_CACHED       /* released into a thread's region cache (region.c):
+    RS_CACHED,      /* released into a thread's region cache (region.c):
                        resident, counted physical and in the in_use gauge */
+    RS_RESERVED     /* carved into a thread's run (region.c), never handed
+                       out since: not resident, not counted physical;
+                       counted in the clean and reserved gauges */
 };
 
 enum rp_rkind {
@@ -129,7 +132,8 @@ struct rp_class {
     uint64_t nfree;      /* regions on `free` or held by a purger; relaxed */
     uint64_t in_use;     /* gauges (regions), relaxed */
     uint64_t dirty;      /* FREE_DIRTY + FREE_LAZY */
-    uint64_t clean;
+    uint64_t clean;      /* FREE_CLEAN + RESERVED */
+    uint64_t reserved;   /* RESERVED (in threads' runs) */
     uint64_t carves, reuses, purges, splits; /* counters, relaxed */
 } __attribute__((aligned(RP_CACHELINE)));
 
@@ -171,6 +175,12 @@ typedef struct rp_tstate {
                                          stores, stats read relaxed */
     uint64_t rc_bytes;          /* bytes the owner put in and has not taken
                                    out (stolen ones included); owner only */
+    /* Run (region.c): regions RS_RESERVED that this thread carved next to
+     * the one it needed, taken in address order by its next carves of the
+     * class: RUN_MAKE(next head granule, regions left, class), 0 if none.
+     * Filled by the owner (release store into an empty word); taken from
+     * by the owner's CAS; emptied by a stealer's CAS to 0. */
+    uint64_t run;
     unsigned char arena[RP_TS_ARENA_BYTES] __attribute__((aligned(RP_CACHELINE)));
     unsigned char slab[RP_TS_SLAB_BYTES] __attribute__((aligned(RP_CACHELINE)));
 } rp_tstate;
@@ -271,13 +281,14 @@ RP_HIDDEN void *rpi_fail_null(rp_pool *p, enum rp_fail why, int err);
  * or NULL with errno. cfg must be validated. */
 RP_HIDDEN rp_pool *rpi_reserve_create(const rp_config *cfg);
 RP_HIDDEN void rpi_reserve_destroy(rp_pool *p);
-/* Carve a region of class cls at the high-water mark: charges virtual,
- * commits, sets up descriptors. The region is returned IN_USE with `kind`;
- * physical is NOT charged here. On failure returns NULL, sets *why and
- * changes nothing (the failure is not counted: the caller may still
- * succeed another way). */
+/* Carve `count` adjacent regions of class cls at the high-water mark:
+ * charges virtual, commits, sets up descriptors. The first region is
+ * returned IN_USE with `kind`; the others follow it in state RS_RESERVED
+ * (the caller puts them in its run). Physical is NOT charged here. On
+ * failure returns NULL, sets *why and changes nothing (the failure is not
+ * counted: the caller may still succeed another way). */
 RP_HIDDEN rp_rdesc *rpi_carve(rp_pool *p, unsigned cls, unsigned kind,
-                              enum rp_fail *why);
+                              size_t count, enum rp_fail *why);
 /* Commit part of the reservation for the heap (virtual charged and counted
  * as heap). Returns 0, or -ENOMEM with *why set (budget or OS; not counted:
  * the heap counts the refusal once it knows whether the caller falls back). */

@@ -20,6 +20,19 @@
  * without decrementing, so an acquirer that sees nfree > 0 and an empty stack
  * waits briefly instead of carving new address space).
  *
+ * Runs: a thread that needs new address space for a slab region of a small
+ * class carves RUN_BYTES of that class at once, takes the first region and
+ * keeps the others as its run (state RESERVED: committed, never touched, not
+ * counted physical), taken in address order by its next carves of the
+ * class. The regions one thread works in are then adjacent instead of
+ * interleaved with other threads' (see docs/DESIGN.md "Runs": two cores
+ * writing adjacent regions slow each other down). A run is returned to the
+ * free stacks (as FREE_CLEAN) when the thread carves a run of another class,
+ * exits, or when an allocation would otherwise fail at a budget.
+ *
+ *   carve -> RESERVED --(owner takes it)--> IN_USE
+ *                     --(run returned)----> FREE_CLEAN
+ *
  * Accounting equations (quiescent):
  *   physical = metadata + heap_physical + sum(in_use + dirty) * class bytes
  *   virtual  = metadata + heap_committed + hwm * granule
@@ -149,6 +162,140 @@ static void changed_state(rp_pool *p, rp_rdesc *d)
 static uint64_t purge_step(const rp_pool *p)
 {
     return p->cfg.purge_delay_ms / 4 > 5 ? p->cfg.purge_delay_ms / 4 : 5;
+}
+
+/* ---- runs (see the top of the file) -------------------------------------- */
+
+#define RUN_BYTES ((size_t)1 << 20) /* address space one run carve takes */
+#define RUN_MAKE(g, n, cls) ((uint64_t)(g) << 32 | (uint64_t)(n) << 8 | (uint64_t)(cls))
+#define RUN_G(w) ((uint32_t)((w) >> 32))            /* next head granule */
+#define RUN_N(w) ((uint32_t)((w) >> 8) & 0xffffffu) /* regions left */
+#define RUN_CLS(w) ((unsigned)((w) & 0xffu))
+
+/* Regions of class cls that one carve takes for a run (1: no run). O(1). */
+static size_t run_count(const rp_pool *p, unsigned cls)
+{
+    unsigned sh = p->gshift + cls;
+    return sh >= 20 ? 1 : RUN_BYTES >> sh;
+}
+
+/* Take the next region of ts's run for the calling thread (ts is its own
+ * shard) if the run is of class cls, as IN_USE for kind; NULL if the run is
+ * empty, of another class or stolen meanwhile. The caller has charged the
+ * physical bytes. O(1). */
+static rp_rdesc *run_take(rp_pool *p, rp_tstate *ts, unsigned cls, unsigned kind)
+{
+    uint64_t w = rp_load_relaxed_u64(&ts->run);
+    if (RUN_N(w) == 0 || RUN_CLS(w) != cls)
+        return NULL;
+    uint32_t g = RUN_G(w), n = RUN_N(w);
+    uint64_t rest = n > 1 ? RUN_MAKE(g + (1u << cls), n - 1, cls) : 0;
+    /* CAS: races with a stealer's CAS to 0 (exactly one of us owns region
+     * g); pairs with the release store that filled the run (the carver's
+     * descriptor writes are visible). */
+    if (!rp_cas_u64(&ts->run, &w, rest))
+        return NULL; /* stolen: the owner is the only other writer */
+    rp_rdesc *d = &p->desc[g];
+    uint32_t dw = rp_load_relaxed_u32(&d->word);
+    if (dw != RW_MAKE(RS_RESERVED, cls, RK_NONE)) {
+        rpi_report(p, RP_ERR_CORRUPT, rpi_desc_base(p, d),
+                   "region %p of a thread's run has word %#x", rpi_desc_base(p, d), dw);
+        return NULL;
+    }
+    /* We own d (we took it off the run): a release store suffices. */
+    rp_store_release_u32(&d->word, RW_MAKE(RS_IN_USE, cls, kind));
+    rp_sub_relaxed_u64(&p->cls[cls].reserved, 1);
+    gauge_move(p, cls, RS_FREE_CLEAN, RS_IN_USE);
+    return d;
+}
+
+/* Return what is left of ts's run to the free stacks as clean regions.
+ * Any thread (the owner, or a stealer under the RCU read lock: atomics and
+ * stack pushes only). Returns the regions moved. O(regions left). */
+static uint64_t run_return(rp_pool *p, rp_tstate *ts)
+{
+    uint64_t w = rp_load_relaxed_u64(&ts->run);
+    /* CAS to 0: races with the owner's take and other stealers; whoever
+     * empties the word owns the regions it named. */
+    do {
+        if (RUN_N(w) == 0)
+            return 0;
+    } while (!rp_cas_u64(&ts->run, &w, 0));
+    unsigned cls = RUN_CLS(w);
+    for (uint32_t i = 0; i < RUN_N(w); i++) {
+        rp_rdesc *d = &p->desc[RUN_G(w) + (i << cls)];
+        uint32_t dw = RW_MAKE(RS_RESERVED, cls, RK_NONE);
+        /* CAS as a check: nothing else may move a region of a run. */
+        if (!rp_cas_u32(&d->word, &dw, RW_MAKE(RS_FREE_CLEAN, cls, RK_NONE))) {
+            rpi_report(p, RP_ERR_CORRUPT, rpi_desc_base(p, d),
+                       "region %p of a thread's run has word %#x", rpi_desc_base(p, d), dw);
+            continue;
+        }
+        rp_sub_relaxed_u64(&p->cls[cls].reserved, 1); /* stays counted clean */
+        rp_store_relaxed_u64(&d->release_ms, 0);
+        rp_hb_release(d); /* pairs with rp_hb_acquire in hand_out */
+        push_free(p, d, cls);
+    }
+    return RUN_N(w);
+}
+
+struct run_ctx {
+    rp_pool *p;
+    uint64_t moved;
+};
+
+/* rp_check: regions named by the shard's run, added to runs[class]. */
+static void run_count_shard(rp_tstate *ts, void *arg)
+{
+    uint64_t *runs = arg, w = rp_load_relaxed_u64(&ts->run);
+    runs[RUN_CLS(w)] += RUN_N(w);
+}
+
+static void run_return_shard(rp_tstate *ts, void *arg)
+{
+    struct run_ctx *c = arg;
+    c->moved += run_return(c->p, ts);
+}
+
+/* Return every thread's run to the free stacks (an allocation is about to
+ * fail at a budget). Returns the regions moved. O(shards). */
+static uint64_t run_steal(rp_pool *p)
+{
+    struct run_ctx c = {p, 0};
+    rpi_threads_foreach(p, run_return_shard, &c);
+    return c.moved;
+}
+
+/* New address space for a region of class cls: a run carve when ts (the
+ * caller's shard) is given and the class is small enough, else (or when the
+ * run does not fit the budget or the reservation) one region. The caller
+ * has charged the region's physical bytes. NULL + *why on failure. */
+static rp_rdesc *carve(rp_pool *p, rp_tstate *ts, unsigned cls, unsigned kind,
+                       enum rp_fail *why)
+{
+    size_t k = ts ? run_count(p, cls) : 1;
+    rp_rdesc *d = NULL;
+    if (k > 1) {
+        run_return(p, ts); /* a run of another class (this one is empty) */
+        d = rpi_carve(p, cls, kind, k, why);
+        if (d) {
+            rp_add_relaxed_u64(&p->cls[cls].clean, k - 1);
+            rp_add_relaxed_u64(&p->cls[cls].reserved, k - 1);
+            /* Publishes the run's descriptors to stealers: pairs with
+             * their CAS (the word is 0, only we fill it). */
+            rp_store_release_u64(&ts->run, RUN_MAKE(rpi_desc_index(p, d) + ((size_t)1 << cls),
+                                                    k - 1, cls));
+        }
+    }
+    if (!d) {
+        k = 1;
+        d = rpi_carve(p, cls, kind, 1, why);
+    }
+    if (d) {
+        rp_add_relaxed_u64(&p->cls[cls].in_use, 1);
+        rp_add_relaxed_u64(&p->cls[cls].carves, k);
+    }
+    return d;
 }
 
 /* ---- per-thread region cache ----------------------------------------------
@@ -340,6 +487,7 @@ void rpi_region_thread_exit(rp_pool *p, rp_tstate *ts)
 {
     struct steal_ctx c = {p, true, 0, rpi_now_ms(), 0};
     steal_shard(ts, &c);
+    run_return(p, ts);
     ts->rc_bytes = 0;
     /* Fold the shard's hits into the shared counters before it goes. */
     for (unsigned k = 0; k < p->nclasses; k++) {
@@ -490,16 +638,17 @@ static rp_rdesc *region_get_shared(rp_pool *p, unsigned cls, unsigned kind)
     if (err == -ENOMEM)
         return rpi_fail_null(p, RP_FAIL_PHYSICAL, ENOMEM);
 
-    /* Nothing free in this class: new address space. */
+    /* Nothing free in this class: the thread's run (slabs), else new
+     * address space. */
     size_t size = rpi_class_bytes(p, cls);
     enum rp_fail why = RP_FAIL_PHYSICAL;
     if (rpi_phys_charge(p, size) == 0) {
-        d = rpi_carve(p, cls, kind, &why);
-        if (d) {
-            rp_add_relaxed_u64(&p->cls[cls].in_use, 1);
-            rp_add_relaxed_u64(&p->cls[cls].carves, 1);
+        rp_tstate *ts = kind == RK_SLAB ? rpi_tstate_fast(p) : NULL;
+        d = ts ? run_take(p, ts, cls, kind) : NULL;
+        if (!d)
+            d = carve(p, ts, cls, kind, &why);
+        if (d)
             return handed_out(p, d);
-        }
         rpi_phys_uncharge(p, size);
     }
     /* At a budget or out of reservation: split a larger free region; failing
@@ -509,7 +658,7 @@ static rp_rdesc *region_get_shared(rp_pool *p, unsigned cls, unsigned kind)
         d = split(p, cls, kind, &err);
         if (d)
             return handed_out(p, d);
-        if (round || !cache_steal(p, true))
+        if (round || !(cache_steal(p, true) + run_steal(p)))
             break;
         d = reuse(p, cls, kind, &err);
         if (d)
@@ -912,7 +1061,8 @@ static int region_check(rp_pool *p)
 {
     uint64_t in_use[RP_MAX_CLASSES] = {0}, dirty[RP_MAX_CLASSES] = {0},
              clean[RP_MAX_CLASSES] = {0}, cached[RP_MAX_CLASSES] = {0},
-             slots[RP_MAX_CLASSES] = {0}, hits[RP_MAX_CLASSES] = {0};
+             slots[RP_MAX_CLASSES] = {0}, hits[RP_MAX_CLASSES] = {0},
+             reserved[RP_MAX_CLASSES] = {0}, runs[RP_MAX_CLASSES] = {0};
     size_t hwm = rp_load_acquire_u64(&p->hwm);
     size_t used_bytes = 0;
     for (size_t g = 0; g < hwm;) {
@@ -933,23 +1083,31 @@ static int region_check(rp_pool *p)
         }
         if (st == RS_CACHED)
             cached[cls]++;
+        if (st == RS_RESERVED)
+            reserved[cls]++;
         if (st == RS_IN_USE || st == RS_CACHED)
             in_use[cls]++;
-        else if (st == RS_FREE_CLEAN)
+        else if (st == RS_FREE_CLEAN || st == RS_RESERVED)
             clean[cls]++;
         else
             dirty[cls]++;
-        if (st != RS_FREE_CLEAN)
+        if (st != RS_FREE_CLEAN && st != RS_RESERVED)
             used_bytes += n << p->gshift;
         g += n;
     }
-    /* Quiescent: every RS_CACHED region sits in exactly one cache slot. */
+    /* Quiescent: every RS_CACHED region sits in exactly one cache slot,
+     * every RS_RESERVED one in exactly one run. */
     rpi_region_cache_stats(p, slots, hits);
+    rpi_threads_foreach(p, run_count_shard, runs);
     for (unsigned c = 0; c < p->nclasses; c++) {
         struct rp_class *k = &p->cls[c];
         CHECK(cached[c] == slots[c],
               "check: class %u has %lu regions in state CACHED but %lu thread-cache slots",
               c, (unsigned long)cached[c], (unsigned long)slots[c]);
+        CHECK(reserved[c] == runs[c] && reserved[c] == rp_load_relaxed_u64(&k->reserved),
+              "check: class %u has %lu regions in state RESERVED, %lu in runs, gauge %lu",
+              c, (unsigned long)reserved[c], (unsigned long)runs[c],
+              (unsigned long)rp_load_relaxed_u64(&k->reserved));
         CHECK(in_use[c] == rp_load_relaxed_u64(&k->in_use) &&
                   dirty[c] == rp_load_relaxed_u64(&k->dirty) &&
                   clean[c] == rp_load_relaxed_u64(&k->clean),
@@ -970,9 +1128,9 @@ static int region_check(rp_pool *p)
                 n++;
         }
         RP_HIDE_END();
-        CHECK(n == dirty[c] + clean[c] && n == rp_load_relaxed_u64(&k->nfree),
+        CHECK(n == dirty[c] + clean[c] - reserved[c] && n == rp_load_relaxed_u64(&k->nfree),
               "check: class %u free stack holds %lu entries, expected %lu (nfree %lu)",
-              c, (unsigned long)n, (unsigned long)(dirty[c] + clean[c]),
+              c, (unsigned long)n, (unsigned long)(dirty[c] + clean[c] - reserved[c]),
               (unsigned long)rp_load_relaxed_u64(&k->nfree));
     }
     rp_account *a = &p->acct;

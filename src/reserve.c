@@ -158,34 +158,42 @@ static int grow_meta(rp_pool *p, char *base, uint64_t *committed, size_t need,
     return 0;
 }
 
-rp_rdesc *rpi_carve(rp_pool *p, unsigned cls, unsigned kind, enum rp_fail *why)
+rp_rdesc *rpi_carve(rp_pool *p, unsigned cls, unsigned kind, size_t count,
+                    enum rp_fail *why)
 {
     size_t n = (size_t)1 << cls;
-    size_t bytes = n << p->gshift;
+    size_t span = n * count; /* granules */
     rp_rdesc *d = NULL;
 
     rpi_rcu_ready(); /* before the lock: see internal.h */
     rp_mutex_lock(&p->carve_lock);
     size_t hwm = rp_load_relaxed_u64(&p->hwm);
-    if (hwm + n > p->ngranules) {
+    if (hwm + span > p->ngranules) {
         *why = RP_FAIL_OTHER; /* reservation exhausted */
         goto out;
     }
-    size_t need = rp_align_up((hwm + n) * sizeof(rp_rdesc), p->page);
+    size_t need = rp_align_up((hwm + span) * sizeof(rp_rdesc), p->page);
     if (grow_meta(p, (char *)p->desc, &p->desc_committed, need, why) ||
-        commit_range(p, p->rbase + (hwm << p->gshift), bytes, false, why))
+        commit_range(p, p->rbase + (hwm << p->gshift), span << p->gshift, false, why))
         goto out;
-    d = &p->desc[hwm];
-    for (size_t g = 1; g < n; g++) {
-        rp_store_relaxed_u32(&d[g].head, (uint32_t)hwm);
-        rp_store_relaxed_u32(&d[g].word, RW_MAKE(RS_TAIL, 0, RK_NONE));
+    for (size_t r = 0; r < count; r++) {
+        size_t h = hwm + r * n;
+        rp_rdesc *e = &p->desc[h];
+        for (size_t g = 1; g < n; g++) {
+            rp_store_relaxed_u32(&e[g].head, (uint32_t)h);
+            rp_store_relaxed_u32(&e[g].word, RW_MAKE(RS_TAIL, 0, RK_NONE));
+        }
+        rp_store_relaxed_u32(&e->head, (uint32_t)h);
+        rp_store_relaxed_u32(&e->word, r ? RW_MAKE(RS_RESERVED, cls, RK_NONE)
+                                         : RW_MAKE(RS_IN_USE, cls, kind));
+        if (r)
+            rp_poison(p->rbase + (h << p->gshift), n << p->gshift);
     }
-    rp_store_relaxed_u32(&d->head, (uint32_t)hwm);
-    rp_store_relaxed_u32(&d->word, RW_MAKE(RS_IN_USE, cls, kind));
+    d = &p->desc[hwm];
     /* Publishes the new granules to lookups. A pointer into this region
      * reaches another thread only through the caller's own synchronization,
      * which orders these stores before that thread's lookup. */
-    rp_store_release_u64(&p->hwm, hwm + n);
+    rp_store_release_u64(&p->hwm, hwm + span);
 out:
     rp_mutex_unlock(&p->carve_lock);
     return d;

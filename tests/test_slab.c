@@ -1533,6 +1533,169 @@ static void test_slab_idle_thread_empties_given_back(void **state)
     }
 }
 
+/* ---- runs (docs/DESIGN.md "Runs") --------------------------------------- */
+
+struct run_ctx {
+    rp_pool *p;
+    pthread_barrier_t b;
+    void *obj;           /* the thread's one 64 B object */
+};
+
+/* Allocate one 64 B object (its slab starts a run), let the main thread
+ * work, free it and exit (the run goes back). */
+static void *run_worker(void *arg)
+{
+    struct run_ctx *x = arg;
+    x->obj = rp_alloc(x->p, 64);
+    assert_non_null(x->obj);
+    pthread_barrier_wait(&x->b); /* allocated: main works */
+    pthread_barrier_wait(&x->b); /* main done */
+    rp_free(x->p, x->obj);
+    return NULL;
+}
+
+#define GRANULE (64 * KiB)
+#define SLAB_OBJS_64 ((int)(GRANULE / 64))
+
+static uintptr_t granule_of(const void *o)
+{
+    return (uintptr_t)o & ~(uintptr_t)(GRANULE - 1);
+}
+
+/* Two threads that need slabs at the same time each get theirs side by
+ * side: the main thread's first 4 slabs of 64 B objects are 4 adjacent
+ * granules although another thread took a slab between its first and its
+ * second. When that thread exits, what is left of its run is reused by the
+ * next thread before any new address space is carved. */
+static void test_slab_run_keeps_threads_apart(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_config c = rp_test_config(&log);
+    rp_pool *p = rp_pool_create(&c);
+    assert_non_null(p);
+    static void *o[4 * SLAB_OBJS_64];
+    o[0] = rp_alloc(p, 64);
+    assert_non_null(o[0]);
+    struct run_ctx x = {.p = p};
+    pthread_barrier_init(&x.b, NULL, 2);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, run_worker, &x), 0);
+    pthread_barrier_wait(&x.b);
+    uintptr_t other = granule_of(x.obj);
+    assert_true(other != granule_of(o[0]));
+    for (int i = 1; i < 4 * SLAB_OBJS_64; i++) {
+        o[i] = rp_alloc(p, 64);
+        assert_non_null(o[i]);
+        memset(o[i], 0x5a, 64);
+    }
+    uintptr_t g0 = granule_of(o[0]);
+    for (int i = 0; i < 4 * SLAB_OBJS_64; i++) {
+        uintptr_t g = granule_of(o[i]);
+        assert_true(g >= g0 && g < g0 + 4 * GRANULE);
+        assert_true(g != other);
+    }
+    assert_int_equal(rp_check(p), 0);
+    pthread_barrier_wait(&x.b);
+    pthread_join(t, NULL);
+    assert_int_equal(rp_check(p), 0);
+
+    /* The worker's run went back to the free stack: a new thread's slab
+     * comes from it, and nothing new is carved. */
+    rp_stats before = rp_test_stats(p);
+    x.obj = NULL;
+    assert_int_equal(pthread_create(&t, NULL, run_worker, &x), 0);
+    pthread_barrier_wait(&x.b);
+    rp_stats after = rp_test_stats(p);
+    assert_int_equal(after.carves, before.carves);
+    assert_int_equal(after.virtual_bytes - after.metadata_bytes,
+                     before.virtual_bytes - before.metadata_bytes); /* a shard may be new */
+    assert_true(granule_of(x.obj) > other && granule_of(x.obj) < other + 1 * MiB);
+    pthread_barrier_wait(&x.b);
+    pthread_join(t, NULL);
+    for (int i = 0; i < 4 * SLAB_OBJS_64; i++)
+        rp_free(p, o[i]);
+    assert_int_equal(rp_check(p), 0);
+    assert_int_equal(rp_test_stats(p).slab_bytes, 0);
+    assert_int_equal(log.count, 0);
+    pthread_barrier_destroy(&x.b);
+    rp_pool_destroy(p);
+}
+
+/* A run never causes an ENOMEM: at a virtual budget with no room for a
+ * run, the carve falls back to one region; with no room for any carve,
+ * another thread's run is taken back. Neither counts a failure. */
+static void test_slab_run_returned_at_budget(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_config c = rp_test_config(&log);
+    rp_pool *p = rp_pool_create(&c);
+    assert_non_null(p);
+    struct run_ctx x = {.p = p};
+    pthread_barrier_init(&x.b, NULL, 2);
+
+    /* Room for a few regions (and two threads' shards), not for a run: the
+     * main thread's first slab and the worker's are single regions. */
+    rp_stats k = rp_test_stats(p);
+    assert_int_equal(rp_budget_set(p, RP_BUDGET_VIRTUAL, k.virtual_bytes + 8 * GRANULE), 0);
+    void *first = rp_alloc(p, 64);
+    assert_non_null(first);
+    rp_stats a = rp_test_stats(p);
+    assert_int_equal(a.virtual_bytes - a.metadata_bytes,
+                     k.virtual_bytes - k.metadata_bytes + GRANULE);
+    k = a;
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, run_worker, &x), 0);
+    pthread_barrier_wait(&x.b);
+    a = rp_test_stats(p);
+    assert_int_equal(a.virtual_bytes - a.metadata_bytes,
+                     k.virtual_bytes - k.metadata_bytes + GRANULE);
+    assert_int_equal(a.fail_virtual, 0);
+    pthread_barrier_wait(&x.b);
+    pthread_join(t, NULL);
+    assert_int_equal(rp_check(p), 0);
+
+    /* A thread holding a run, no other free region, no room for a carve:
+     * the main thread's slab comes from the run. */
+    assert_int_equal(rp_budget_set(p, RP_BUDGET_VIRTUAL, c.reserve_bytes), 0);
+    void *hold[64];
+    int nh = 0;
+    for (;;) {
+        k = rp_test_stats(p);
+        if (k.region_dirty_bytes + k.region_clean_bytes == 0)
+            break;
+        assert_true(nh < 64);
+        hold[nh] = rp_region_acquire(p, GRANULE);
+        assert_non_null(hold[nh]);
+        nh++;
+    }
+    assert_int_equal(pthread_create(&t, NULL, run_worker, &x), 0);
+    pthread_barrier_wait(&x.b);
+    k = rp_test_stats(p);
+    assert_int_equal(k.region_clean_bytes, 15 * GRANULE); /* the worker's run */
+    assert_int_equal(k.region_dirty_bytes, 0);
+    assert_int_equal(rp_budget_set(p, RP_BUDGET_VIRTUAL, k.virtual_bytes), 0);
+    void *o = rp_alloc(p, 1024);
+    assert_non_null(o);
+    memset(o, 1, 1024);
+    a = rp_test_stats(p);
+    assert_int_equal(a.virtual_bytes, k.virtual_bytes);
+    assert_int_equal(a.carves, k.carves);
+    assert_int_equal(a.fail_virtual, 0);
+    assert_int_equal(rp_check(p), 0);
+    pthread_barrier_wait(&x.b);
+    pthread_join(t, NULL);
+    rp_free(p, o);
+    rp_free(p, first);
+    while (nh > 0)
+        rp_region_release(p, hold[--nh]);
+    assert_int_equal(rp_check(p), 0);
+    assert_int_equal(log.count, 0);
+    pthread_barrier_destroy(&x.b);
+    rp_pool_destroy(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1560,6 +1723,8 @@ int main(void)
         cmocka_unit_test(test_slab_exit_races_remote_frees),
         cmocka_unit_test(test_slab_detach_then_free),
         cmocka_unit_test(test_slab_idle_thread_empties_given_back),
+        cmocka_unit_test(test_slab_run_keeps_threads_apart),
+        cmocka_unit_test(test_slab_run_returned_at_budget),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
