@@ -84,7 +84,7 @@ enum rp_rstate {
                        resident, counted physical and in the in_use gauge */
     RS_RESERVED     /* carved into a thread's run (region.c), never handed
                        out since: not resident, not counted physical;
-                       counted in the clean and reserved gauges */
+                       counted in the clean gauge */
 };
 
 enum rp_rkind {
@@ -133,7 +133,6 @@ struct rp_class {
     uint64_t in_use;     /* gauges (regions), relaxed */
     uint64_t dirty;      /* FREE_DIRTY + FREE_LAZY */
     uint64_t clean;      /* FREE_CLEAN + RESERVED */
-    uint64_t reserved;   /* RESERVED (in threads' runs) */
     uint64_t carves, reuses, purges, splits; /* counters, relaxed */
 } __attribute__((aligned(RP_CACHELINE)));
 

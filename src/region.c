@@ -179,6 +179,14 @@ static size_t run_count(const rp_pool *p, unsigned cls)
     return sh >= 20 ? 1 : RUN_BYTES >> sh;
 }
 
+/* The one report for a region of a run whose state word is not RESERVED
+ * (metadata damage: nothing else moves a region of a run). */
+static void run_damaged(rp_pool *p, rp_rdesc *d, uint32_t w)
+{
+    rpi_report(p, RP_ERR_CORRUPT, rpi_desc_base(p, d),
+               "region %p of a thread's run has word %#x", rpi_desc_base(p, d), w);
+}
+
 /* Take the next region of ts's run for the calling thread (ts is its own
  * shard) if the run is of class cls, as IN_USE for kind; NULL if the run is
  * empty, of another class or stolen meanwhile. The caller has charged the
@@ -198,13 +206,11 @@ static rp_rdesc *run_take(rp_pool *p, rp_tstate *ts, unsigned cls, unsigned kind
     rp_rdesc *d = &p->desc[g];
     uint32_t dw = rp_load_relaxed_u32(&d->word);
     if (dw != RW_MAKE(RS_RESERVED, cls, RK_NONE)) {
-        rpi_report(p, RP_ERR_CORRUPT, rpi_desc_base(p, d),
-                   "region %p of a thread's run has word %#x", rpi_desc_base(p, d), dw);
+        run_damaged(p, d, dw);
         return NULL;
     }
     /* We own d (we took it off the run): a release store suffices. */
     rp_store_release_u32(&d->word, RW_MAKE(RS_IN_USE, cls, kind));
-    rp_sub_relaxed_u64(&p->cls[cls].reserved, 1);
     gauge_move(p, cls, RS_FREE_CLEAN, RS_IN_USE);
     return d;
 }
@@ -227,11 +233,10 @@ static uint64_t run_return(rp_pool *p, rp_tstate *ts)
         uint32_t dw = RW_MAKE(RS_RESERVED, cls, RK_NONE);
         /* CAS as a check: nothing else may move a region of a run. */
         if (!rp_cas_u32(&d->word, &dw, RW_MAKE(RS_FREE_CLEAN, cls, RK_NONE))) {
-            rpi_report(p, RP_ERR_CORRUPT, rpi_desc_base(p, d),
-                       "region %p of a thread's run has word %#x", rpi_desc_base(p, d), dw);
+            run_damaged(p, d, dw);
             continue;
         }
-        rp_sub_relaxed_u64(&p->cls[cls].reserved, 1); /* stays counted clean */
+        /* It stays in the clean gauge. */
         rp_store_relaxed_u64(&d->release_ms, 0);
         rp_hb_release(d); /* pairs with rp_hb_acquire in hand_out */
         push_free(p, d, cls);
@@ -280,7 +285,6 @@ static rp_rdesc *carve(rp_pool *p, rp_tstate *ts, unsigned cls, unsigned kind,
         d = rpi_carve(p, cls, kind, k, why);
         if (d) {
             rp_add_relaxed_u64(&p->cls[cls].clean, k - 1);
-            rp_add_relaxed_u64(&p->cls[cls].reserved, k - 1);
             /* Publishes the run's descriptors to stealers: pairs with
              * their CAS (the word is 0, only we fill it). */
             rp_store_release_u64(&ts->run, RUN_MAKE(rpi_desc_index(p, d) + ((size_t)1 << cls),
@@ -1104,10 +1108,9 @@ static int region_check(rp_pool *p)
         CHECK(cached[c] == slots[c],
               "check: class %u has %lu regions in state CACHED but %lu thread-cache slots",
               c, (unsigned long)cached[c], (unsigned long)slots[c]);
-        CHECK(reserved[c] == runs[c] && reserved[c] == rp_load_relaxed_u64(&k->reserved),
-              "check: class %u has %lu regions in state RESERVED, %lu in runs, gauge %lu",
-              c, (unsigned long)reserved[c], (unsigned long)runs[c],
-              (unsigned long)rp_load_relaxed_u64(&k->reserved));
+        CHECK(reserved[c] == runs[c],
+              "check: class %u has %lu regions in state RESERVED but %lu in runs",
+              c, (unsigned long)reserved[c], (unsigned long)runs[c]);
         CHECK(in_use[c] == rp_load_relaxed_u64(&k->in_use) &&
                   dirty[c] == rp_load_relaxed_u64(&k->dirty) &&
                   clean[c] == rp_load_relaxed_u64(&k->clean),
