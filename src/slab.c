@@ -307,7 +307,6 @@ struct tcache {
     uint32_t inited;
     uint64_t token;       /* owner word of this tcache's slabs */
     uint32_t slow;        /* 1: no fast paths (hardened, TSan runtime) */
-    uint32_t batch;       /* 1: remote frees are batched (not hardened) */
 };
 _Static_assert(sizeof(struct tcache) <= RP_TS_SLAB_BYTES,
                "the tcache fits the shard's slab blob");
@@ -449,6 +448,12 @@ struct tlc {
     char *bins;          /* that pool's tcache bins (byte-addressed) */
 };
 static __thread struct tlc tlc __attribute__((tls_model("initial-exec")));
+
+/* The tcache whose bins tlc names (the bins are its first member). O(1). */
+static inline struct tcache *tlc_tcache(void)
+{
+    return (struct tcache *)(void *)(tlc.bins - offsetof(struct tcache, bin));
+}
 #endif
 
 /* ======================================================================== */
@@ -513,10 +518,16 @@ static inline void link_set(const rp_pool *p, void *o, void *next)
     raw_store(o, (void *)(uintptr_t)v);
 }
 
-/* Index of the slot at byte offset n (n < 2^32). O(1). */
+/* Index of the slot at byte offset n (n < 2^32) for multiplier divc. O(1). */
+static inline uint32_t idx_of(uint64_t n, uint64_t divc)
+{
+    return (uint32_t)(((unsigned __int128)n * divc) >> 64);
+}
+
+/* Index of the slot of s at byte offset n (n < 2^32). O(1). */
 static inline uint32_t slot_index(const struct slab *s, uint64_t n)
 {
-    return (uint32_t)(((unsigned __int128)n * s->divc) >> 64);
+    return idx_of(n, s->divc);
 }
 
 /* The multiplier of a class: ceil(2^64 / size), + 1 for powers of two (so
@@ -709,6 +720,22 @@ static inline bool in_order(rp_pool *p, struct slab *s)
            link_get(p, s->first) == s->first + s->size;
 }
 
+/* Owner, state OWNED: take s's whole remote list; returns the word it
+ * held (count 0: nothing taken). Exchanges only when something is there:
+ * a locked instruction waits for the store buffer (the frees just before)
+ * to drain, and a push after the load is no later than a push after an
+ * exchange would be. The exchange pairs with the freers' CAS (remote_push,
+ * rb_flush): their link writes are visible after it. O(1). */
+static inline uint64_t remote_take(struct slab *s)
+{
+    RP_HIDE_BEGIN();
+    uint64_t w = rp_load_relaxed_u64(&s->xword);
+    if (XW_COUNT(w) != 0)
+        w = rp_swap_u64(&s->xword, XW_MAKE(0, 0, 0, XS_OWNED));
+    RP_HIDE_END();
+    return w;
+}
+
 /* Turn s (owned, used == 0: every handed-out slot is on its local list)
  * back into a never-used slab of its class: its slots are linked again in
  * address order, 4 KiB at a time, as the bin runs dry (extend). A list
@@ -720,15 +747,7 @@ static inline bool in_order(rp_pool *p, struct slab *s)
  * twice. O(1) (TSan: O(slots)). */
 static void rewind_slab(rp_pool *p, struct slab *s)
 {
-    /* Exchange only when something is there: a locked instruction waits
-     * for the store buffer (the frees just before) to drain. A push after
-     * the load is no later than a push after an exchange would be. The
-     * exchange pairs with the freers' CAS. */
-    RP_HIDE_BEGIN();
-    uint64_t w = rp_load_relaxed_u64(&s->xword);
-    if (XW_COUNT(w) != 0)
-        w = rp_swap_u64(&s->xword, XW_MAKE(0, 0, 0, XS_OWNED));
-    RP_HIDE_END();
+    uint64_t w = remote_take(s);
     if (XW_COUNT(w)) {
         owner_add(s->net, XW_COUNT(w)); /* their frees were counted */
         rpi_report(p, RP_ERR_NOT_LIVE, slot(s, XW_HEAD(w) - 1),
@@ -841,13 +860,7 @@ static void slab_retire(rp_pool *p, struct tcache *tc, struct slab *s)
  * O(objects taken) to find the list's tail. */
 static uint32_t collect(rp_pool *p, struct slab *s)
 {
-    RP_HIDE_BEGIN();
-    uint64_t w = rp_load_relaxed_u64(&s->xword);
-    if (XW_COUNT(w) != 0)
-        /* Take the whole list; pairs with the freers' CAS in free_remote
-         * (their link writes are visible after this exchange). */
-        w = rp_swap_u64(&s->xword, XW_MAKE(0, 0, 0, XS_OWNED));
-    RP_HIDE_END();
+    uint64_t w = remote_take(s);
     uint32_t x = XW_COUNT(w);
     if (x == 0)
         return 0;
@@ -1127,9 +1140,6 @@ __attribute__((noinline, cold)) static void tcache_init(rp_pool *p, struct tcach
 {
     tc->slow = !RP_FAST || p->cfg.hardened || __tsan_acquire != NULL;
     tc->token = thread_token() | (tc->slow ? OWNER_SLOW : 0);
-    /* Hardened pools push every remote free at once: the bitmap equation
-     * of rp_check counts remote frees on the slab's list. */
-    tc->batch = !p->cfg.hardened;
     tc->tagkey = tag_key(p);
     tc->gmask = ((uint64_t)1 << p->gshift) - 1;
     /* Without a purger nothing would age the kept slabs: EMPTY_MAX only. */
@@ -1161,7 +1171,7 @@ static struct tcache *tcache_peek(rp_pool *p)
 {
 #if RP_FAST
     if (tlc.id == p->id)
-        return (struct tcache *)(void *)(tlc.bins - offsetof(struct tcache, bin));
+        return tlc_tcache();
 #endif
     rp_tstate *ts = rpi_tstate_peek(p);
     if (!ts)
@@ -1416,7 +1426,7 @@ __attribute__((noinline)) static void *alloc_general(rp_pool *p, size_t size)
  * line, so that rp_alloc keeps no stack frame. O(1) amortized (refill). */
 __attribute__((noinline)) static void *alloc_refill(rp_pool *p, size_t size, struct bin *b)
 {
-    struct tcache *tc = (struct tcache *)(void *)(tlc.bins - offsetof(struct tcache, bin));
+    struct tcache *tc = tlc_tcache();
     unsigned c = (unsigned)(b - tc->bin);
     if (RP_UNLIKELY(!sp_of(p)->cls[c].cap))
         return alloc_general(p, size); /* a class no slab serves */
@@ -1778,8 +1788,7 @@ static __attribute__((noinline)) void rb_flush(rp_pool *p, struct tcache *tc,
     char *first = rpi_desc_base(p, desc_of(s));
     uint32_t cap = ci->cap, size = ci->size;
     uint64_t divc = ci->divc;
-    uint32_t hidx =
-        (uint32_t)(((unsigned __int128)(uint64_t)((char *)head - first) * divc) >> 64);
+    uint32_t hidx = idx_of((uint64_t)((char *)head - first), divc);
     int verdict = DOUBLE_HEAD;
     RP_HIDE_BEGIN();
     word1_store(head, 0); /* only the head carries the tag */
@@ -1814,9 +1823,7 @@ static __attribute__((noinline)) void rb_flush(rp_pool *p, struct tcache *tc,
             RP_HIDE_END();
             int v = DOUBLE_DEAD;
             if (verdict != COMPLETED) {
-                uint64_t off = (uint64_t)((char *)o - first);
-                uint32_t idx = (uint32_t)(((unsigned __int128)off * divc) >> 64);
-                v = remote_push(p, s, o, idx, 0);
+                v = remote_push(p, s, o, idx_of((uint64_t)((char *)o - first), divc), 0);
             }
             if (v >= DOUBLE_HEAD) {
                 report_double(p, o, "rp_free", double_why(v));
@@ -1892,8 +1899,10 @@ static void slab_free(rp_pool *p, struct loc *L, void *ptr)
     struct tcache *tc;
     if (own != 0 && (own & ~OWNER_SLOW) == thread_token())
         free_local(p, s, ptr);
-    else if (own != 0 && sp_of(p)->cls[s->cls].rbmax > 1 &&
-             (tc = tcache_peek(p)) != NULL && tc->batch)
+    else if (own != 0 && !p->cfg.hardened && sp_of(p)->cls[s->cls].rbmax > 1 &&
+             (tc = tcache_peek(p)) != NULL)
+        /* Hardened pools push every remote free at once: the bitmap
+         * equation of rp_check counts remote frees on the slab's list. */
         free_batched(p, tc, s, ptr, L->idx);
     else
         free_remote(p, s, ptr, L->idx);
@@ -1945,7 +1954,7 @@ __attribute__((noinline)) static void free_batched_fast(rp_pool *p, void *ptr)
     uint64_t off = (uint64_t)((uintptr_t)ptr - (uintptr_t)p->rbase);
     uint64_t g = off >> p->gshift;
     struct slab *s = slab_of(&p->desc[g]);
-    struct tcache *tc = (struct tcache *)(void *)tlc.bins;
+    struct tcache *tc = tlc_tcache();
     struct rbuf *e = &tc->rb[g & (RB_N - 1)];
     if (RP_LIKELY(e->s == s)) {
         /* s is alive and starts at granule g. */
@@ -2344,7 +2353,7 @@ static void chk_batch(struct chk *k, struct tcache *tc, const struct rbuf *e)
     rp_rdesc *d = desc_of(s);
     uint32_t w = rp_load_relaxed_u32(&d->word);
     if (RW_STATE(w) != RS_IN_USE || RW_KIND(w) != RK_SLAB || e->cls >= NCLS ||
-        s->cls != e->cls || e->left >= sp_of(p)->cls[e->cls].rbmax || !tc->batch) {
+        s->cls != e->cls || e->left >= sp_of(p)->cls[e->cls].rbmax || p->cfg.hardened) {
         chk_fail(k, s->first, "check: batch of remote frees for slab %p: region word "
                  "%#x, class %u/%u, %u frees left", (void *)s->first, w, e->cls, s->cls,
                  e->left);
