@@ -371,8 +371,8 @@ RP_HIDDEN bool rpi_dirty_any(rp_pool *p);
 RP_HIDDEN void rpi_purge_expired(rp_pool *p);
 RP_HIDDEN int rpi_region_check(rp_pool *p);
 RP_HIDDEN int rpi_purger_start(rp_pool *p);
-/* Return the regions in shard ts's region cache to the free stacks (thread
- * exit, detach). Any thread. */
+/* Return the regions in shard ts's region cache and run to the free stacks
+ * (thread exit, detach). Any thread. */
 RP_HIDDEN void rpi_region_thread_exit(rp_pool *p, rp_tstate *ts);
 /* Regions held in thread region caches, per class (cached[] has
  * RP_MAX_CLASSES entries, added to), and cache hits per class (added to

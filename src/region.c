@@ -175,8 +175,8 @@ static uint64_t purge_step(const rp_pool *p)
 /* Regions of class cls that one carve takes for a run (1: no run). O(1). */
 static size_t run_count(const rp_pool *p, unsigned cls)
 {
-    unsigned sh = p->gshift + cls;
-    return sh >= 20 ? 1 : RUN_BYTES >> sh;
+    size_t bytes = rpi_class_bytes(p, cls);
+    return bytes >= RUN_BYTES ? 1 : RUN_BYTES / bytes;
 }
 
 /* The one report for a region of a run whose state word is not RESERVED
@@ -199,8 +199,7 @@ static rp_rdesc *run_take(rp_pool *p, rp_tstate *ts, unsigned cls, unsigned kind
     uint32_t g = RUN_G(w), n = RUN_N(w);
     uint64_t rest = n > 1 ? RUN_MAKE(g + (1u << cls), n - 1, cls) : 0;
     /* CAS: races with a stealer's CAS to 0 (exactly one of us owns region
-     * g); pairs with the release store that filled the run (the carver's
-     * descriptor writes are visible). */
+     * g). The run's descriptors were written by this thread's carve. */
     if (!rp_cas_u64(&ts->run, &w, rest))
         return NULL; /* stolen: the owner is the only other writer */
     rp_rdesc *d = &p->desc[g];
@@ -237,7 +236,6 @@ static uint64_t run_return(rp_pool *p, rp_tstate *ts)
             continue;
         }
         /* It stays in the clean gauge. */
-        rp_store_relaxed_u64(&d->release_ms, 0);
         rp_hb_release(d); /* pairs with rp_hb_acquire in hand_out */
         push_free(p, d, cls);
     }
@@ -271,17 +269,21 @@ static uint64_t run_steal(rp_pool *p)
     return c.moved;
 }
 
-/* New address space for a region of class cls: a run carve when ts (the
- * caller's shard) is given and the class is small enough, else (or when the
- * run does not fit the budget or the reservation) one region. The caller
- * has charged the region's physical bytes. NULL + *why on failure. */
-static rp_rdesc *carve(rp_pool *p, rp_tstate *ts, unsigned cls, unsigned kind,
-                       enum rp_fail *why)
+/* A region of class cls that was never used, as IN_USE for kind: with ts
+ * (the caller's shard, for slabs) and a class small enough for runs, the
+ * next region of ts's run, else a run carve; else (or when the run does not
+ * fit the budget or the reservation) one carved region. The caller has
+ * charged the region's physical bytes. NULL + *why on failure. */
+static rp_rdesc *fresh_region(rp_pool *p, rp_tstate *ts, unsigned cls, unsigned kind,
+                              enum rp_fail *why)
 {
     size_t k = ts ? run_count(p, cls) : 1;
     rp_rdesc *d = NULL;
     if (k > 1) {
-        run_return(p, ts); /* a run of another class (this one is empty) */
+        d = run_take(p, ts, cls, kind);
+        if (d)
+            return d;
+        run_return(p, ts); /* what is left of a run of another class */
         d = rpi_carve(p, cls, kind, k, why);
         if (d) {
             rp_add_relaxed_u64(&p->cls[cls].clean, k - 1);
@@ -647,16 +649,13 @@ static rp_rdesc *region_get_shared(rp_pool *p, unsigned cls, unsigned kind)
     size_t size = rpi_class_bytes(p, cls);
     enum rp_fail why = RP_FAIL_PHYSICAL;
     if (rpi_phys_charge(p, size) == 0) {
-        rp_tstate *ts = kind == RK_SLAB ? rpi_tstate_fast(p) : NULL;
-        d = ts ? run_take(p, ts, cls, kind) : NULL;
-        if (!d)
-            d = carve(p, ts, cls, kind, &why);
+        d = fresh_region(p, kind == RK_SLAB ? rpi_tstate_fast(p) : NULL, cls, kind, &why);
         if (d)
             return handed_out(p, d);
         rpi_phys_uncharge(p, size);
     }
     /* At a budget or out of reservation: split a larger free region; failing
-     * that, take back what thread caches hold and try again. */
+     * that, take back what thread caches and runs hold and try again. */
     for (int round = 0; round < 2; round++) {
         err = 0;
         d = split(p, cls, kind, &err);

@@ -186,9 +186,9 @@ rp_rdesc *rpi_carve(rp_pool *p, unsigned cls, unsigned kind, size_t count,
         rp_store_relaxed_u32(&e->head, (uint32_t)h);
         rp_store_relaxed_u32(&e->word, r ? RW_MAKE(RS_RESERVED, cls, RK_NONE)
                                          : RW_MAKE(RS_IN_USE, cls, kind));
-        if (r)
-            rp_poison(p->rbase + (h << p->gshift), n << p->gshift);
     }
+    if (count > 1) /* the run's regions, until they are handed out */
+        rp_poison(p->rbase + ((hwm + n) << p->gshift), (span - n) << p->gshift);
     d = &p->desc[hwm];
     /* Publishes the new granules to lookups. A pointer into this region
      * reaches another thread only through the caller's own synchronization,
