@@ -549,26 +549,12 @@ static void set_error(op *o, rp_error code, const void *ptr, const char *fmt, ..
 /* ------------------------------------------------------------------------ */
 /* The physical account, under the lock.                                     */
 
-/* Charge bytes iff the budget allows, with a CAS on the pool's counter and
- * nothing else: no purge of free regions, no hook (account.c's
- * rpi_phys_charge does both; it runs outside the lock, see charge_outside).
- * Pairs with nothing: the counter publishes no data. */
-static bool phys_try_charge(rp_pool *p, size_t bytes)
-{
-    uint64_t cur = rp_load_relaxed_u64(&p->acct.physical_bytes), next;
-    do {
-        uint64_t budget = rp_load_relaxed_u64(&p->acct.physical_budget);
-        next = cur + bytes;
-        if (next < cur || next > budget)
-            return false;
-    } while (!rp_cas_relaxed_u64(&p->acct.physical_bytes, &cur, next));
-    rp_max_relaxed_u64(&p->acct.physical_peak, next);
-    return true;
-}
-
-/* Charge bytes for the operation: from its credit first, then with a CAS.
- * False (nothing charged) when the budget refuses: o->need says how much to
- * charge outside the lock before the operation retries. */
+/* Charge bytes for the operation: from its credit first, then with the
+ * account's CAS charge (rpi_phys_try_charge: no purge of free regions and no
+ * hook under the lock; rpi_phys_charge, which does both, runs outside it in
+ * step_outside, and finish() makes the watermark check). False (nothing
+ * charged) when the budget refuses: o->need says how much to charge outside
+ * the lock before the operation retries. */
 static bool charge_locked(rp_pool *p, op *o, size_t bytes)
 {
     if (bytes <= o->credit) {
@@ -576,7 +562,7 @@ static bool charge_locked(rp_pool *p, op *o, size_t bytes)
         return true;
     }
     size_t rest = bytes - o->credit;
-    if (!phys_try_charge(p, rest)) {
+    if (!rpi_phys_try_charge(p, rest)) {
         o->need = rest;
         return false;
     }
