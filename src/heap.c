@@ -998,13 +998,12 @@ NOASAN static void purge_done(rp_pool *p, rp_heap *h, const job *j, op *o)
         h->purge_failures++;
         c = keep_largest(p, h, j->part, j->npart, j->before);
     }
-    if (!rlen(c))
-        c.lo = c.hi = 0;
+    /* The set-up free_locked gives a freed block: coalesce reads m's size,
+     * prev_size and clean range only, and settle rewrites req (0 since
+     * hold), the clean range and the seal on every exit (or m is wiped). */
     m->clean_lo = c.lo;
     m->clean_hi = c.hi;
-    m->size_used = fsize(m);
-    m->req = 0;
-    reseal(h, m);
+    m->size_used = fsize(m); /* no longer held */
     coalesce(p, h, m, o, j->ok ? S_PURGE : 0);
 }
 
