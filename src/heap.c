@@ -728,6 +728,16 @@ NOASAN static void lazy_add(rp_heap *h, frag *f, uint64_t now)
     reseal(h, f);
 }
 
+/* f (FREE) leaves its bin and, if lazy, the lazy set: it is merged, grown or
+ * held. Its header is not resealed here: the caller rewrites it. */
+NOASAN static void unbin(rp_heap *h, frag *f)
+{
+    if (f->req)
+        lazy_forget(h, f);
+    bin_remove(h, f);
+    h->nfree--;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Settling a free fragment: bin it as it is, turn it lazy, or hold it for a
  * purge outside the lock. Under lock.                                       */
@@ -775,9 +785,7 @@ NOASAN static void hold(rp_heap *h, frag *m, range c, const range *gaps, int nga
 NOASAN static void evict_oldest(rp_heap *h, op *o)
 {
     frag *f = lazy_oldest(h)->f;
-    lazy_forget(h, f);
-    bin_remove(h, f);
-    h->nfree--;
+    unbin(h, f); /* lazy: f->req != 0 */
     range I = interior(h, (uintptr_t)f, fsize(f)), c = rclean(f);
     range gaps[2];
     int ng = 0;
@@ -922,10 +930,7 @@ NOASAN static void coalesce(rp_pool *p, rp_heap *h, frag *m, op *o, int flags)
         }
     }
     if (pv && ffree(pv)) {
-        if (pv->req)
-            lazy_forget(h, pv);
-        bin_remove(h, pv);
-        h->nfree--;
+        unbin(h, pv);
         if (rlen(rclean(pv)))
             parts[np++] = rclean(pv);
         lo = pv;
@@ -934,10 +939,7 @@ NOASAN static void coalesce(rp_pool *p, rp_heap *h, frag *m, op *o, int flags)
     if (rlen(own))
         parts[np++] = own;
     if (nx && ffree(nx)) {
-        if (nx->req)
-            lazy_forget(h, nx);
-        bin_remove(h, nx);
-        h->nfree--;
+        unbin(h, nx);
         if (rlen(rclean(nx)))
             parts[np++] = rclean(nx);
         ms += fsize(nx);
@@ -1027,10 +1029,7 @@ NOASAN static void grow_done(rp_pool *p, rp_heap *h, const job *j, op *o)
         range parts[2];
         int np = 0;
         o->credit += h->page; /* no new header */
-        if (t->req)
-            lazy_forget(h, t);
-        bin_remove(h, t);
-        h->nfree--;
+        unbin(h, t);
         if (rlen(rclean(t)))
             parts[np++] = rclean(t);
         parts[np++] = (range){old_end, old_end + g}; /* never touched */
