@@ -781,23 +781,34 @@ NOASAN static void hold(rp_heap *h, frag *m, range c, const range *gaps, int nga
     j->before = before;
 }
 
-/* Evict the oldest lazy fragment: hold it for a purge of its dirty part. */
+/* The dirty parts of the interior I around its clean ranges parts[0..np)
+ * (sorted, disjoint, inside I), in address order, into gaps[] (room for
+ * np + 1). Returns their number. O(np). */
+static int dirty_gaps(range I, const range *parts, int np, range *gaps)
+{
+    int ng = 0;
+    uintptr_t cur = I.lo;
+    for (int k = 0; k < np; k++) {
+        if (parts[k].lo > cur)
+            gaps[ng++] = (range){cur, parts[k].lo};
+        cur = parts[k].hi;
+    }
+    if (I.hi > cur)
+        gaps[ng++] = (range){cur, I.hi};
+    return ng;
+}
+
+/* Evict the oldest lazy fragment: hold it for a purge of its dirty part
+ * (never empty: a lazy fragment keeps at least PURGE_MIN dirty bytes). */
 NOASAN static void evict_oldest(rp_heap *h, op *o)
 {
     frag *f = lazy_oldest(h)->f;
     unbin(h, f); /* lazy: f->req != 0 */
     range I = interior(h, (uintptr_t)f, fsize(f)), c = rclean(f);
+    int np = rlen(c) ? 1 : 0;
     range gaps[2];
-    int ng = 0;
-    if (rlen(c)) {
-        if (c.lo > I.lo)
-            gaps[ng++] = (range){I.lo, c.lo};
-        if (I.hi > c.hi)
-            gaps[ng++] = (range){c.hi, I.hi};
-    } else {
-        gaps[ng++] = I;
-    }
-    hold(h, f, I, gaps, ng, &c, rlen(c) ? 1 : 0, rlen(c), o);
+    int ng = dirty_gaps(I, &c, np, gaps);
+    hold(h, f, I, gaps, ng, &c, np, rlen(c), o);
 }
 
 /* Expiry when nothing turns lazy for a while: every 64th free looks at the
@@ -880,14 +891,7 @@ NOASAN static void settle(rp_pool *p, rp_heap *h, frag *m, const range *parts,
                 return;
             }
         }
-        uintptr_t cur = I.lo;
-        for (int k = 0; k < np; k++) {
-            if (parts[k].lo > cur)
-                gaps[ng++] = (range){cur, parts[k].lo};
-            cur = parts[k].hi;
-        }
-        if (I.hi > cur)
-            gaps[ng++] = (range){cur, I.hi};
+        ng = dirty_gaps(I, parts, np, gaps);
         c = I;
     } else if (np >= 1) {
         for (int k = 1; k < np; k++)
