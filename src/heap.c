@@ -679,6 +679,14 @@ static lazy_slot *lazy_oldest(rp_heap *h)
 
 static inline bool lazy_full(const rp_heap *h) { return h->lazy_free == NO_SLOT; }
 
+/* The fragment in slot e has been lazy for purge_delay_ms at time now. A
+ * time before the slot's counts as expired: never keep a fragment lazy on a
+ * clock that went back. */
+static inline bool lazy_expired(const rp_heap *h, const lazy_slot *e, uint64_t now)
+{
+    return now < e->ms || now - e->ms >= h->lazy_delay_ms;
+}
+
 /* Slot s leaves the FIFO list for the free stack. */
 static void lazy_unlink(rp_heap *h, uint32_t s)
 {
@@ -820,7 +828,7 @@ NOASAN static void lazy_tick(rp_heap *h, op *o)
         return;
     lazy_slot *old = lazy_oldest(h);
     uint64_t now = rpi_now_ms();
-    if (now < old->ms || now - old->ms >= h->lazy_delay_ms)
+    if (lazy_expired(h, old, now))
         evict_oldest(h, o);
 }
 
@@ -878,7 +886,7 @@ NOASAN static void settle(rp_pool *p, rp_heap *h, frag *m, const range *parts,
             lazy_slot *old = lazy_oldest(h);
             bool full = lazy_full(h);
             bool over = h->lazy_bytes + dirty > h->lazy_max;
-            bool expired = old && (now < old->ms || now - old->ms >= h->lazy_delay_ms);
+            bool expired = old && lazy_expired(h, old, now);
             if (old && (flags & S_EVICT) && o->njobs == 0 &&
                 (full || over || expired)) {
                 evict_oldest(h, o);
