@@ -1454,8 +1454,7 @@ static void step_outside(rp_pool *p, rp_heap *h, op *o, lockctx *lc)
     if (o->need) {
         size_t need = o->need;
         o->need = 0;
-        if (lazy_mode(h))
-            (void)rpi_heap_purge_lazy(p, need, UINT64_MAX);
+        (void)rpi_heap_purge_lazy(p, need, UINT64_MAX); /* 0 if eager */
         if (rpi_phys_charge(p, need) == 0)
             o->credit += need;
         else
