@@ -65,6 +65,16 @@ void rpi_virt_uncharge(rp_pool *p, size_t bytes)
     (void)old;
 }
 
+/* The CAS charge alone: no purge and no watermark hook, so that a caller
+ * holding a lock (the heap's) may use it; the caller checks the watermark
+ * after its unlock. Lock-free (a CAS loop). */
+bool rpi_phys_try_charge(rp_pool *p, size_t bytes)
+{
+    uint64_t now;
+    return charge(&p->acct.physical_bytes, &p->acct.physical_budget,
+                  &p->acct.physical_peak, bytes, &now);
+}
+
 int rpi_phys_charge(rp_pool *p, size_t bytes)
 {
     uint64_t now;

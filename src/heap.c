@@ -549,26 +549,12 @@ static void set_error(op *o, rp_error code, const void *ptr, const char *fmt, ..
 /* ------------------------------------------------------------------------ */
 /* The physical account, under the lock.                                     */
 
-/* Charge bytes iff the budget allows, with a CAS on the pool's counter and
- * nothing else: no purge of free regions, no hook (account.c's
- * rpi_phys_charge does both; it runs outside the lock, see charge_outside).
- * Pairs with nothing: the counter publishes no data. */
-static bool phys_try_charge(rp_pool *p, size_t bytes)
-{
-    uint64_t cur = rp_load_relaxed_u64(&p->acct.physical_bytes), next;
-    do {
-        uint64_t budget = rp_load_relaxed_u64(&p->acct.physical_budget);
-        next = cur + bytes;
-        if (next < cur || next > budget)
-            return false;
-    } while (!rp_cas_relaxed_u64(&p->acct.physical_bytes, &cur, next));
-    rp_max_relaxed_u64(&p->acct.physical_peak, next);
-    return true;
-}
-
-/* Charge bytes for the operation: from its credit first, then with a CAS.
- * False (nothing charged) when the budget refuses: o->need says how much to
- * charge outside the lock before the operation retries. */
+/* Charge bytes for the operation: from its credit first, then with the
+ * account's CAS charge (rpi_phys_try_charge: no purge of free regions and no
+ * hook under the lock; rpi_phys_charge, which does both, runs outside it in
+ * step_outside, and finish() makes the watermark check). False (nothing
+ * charged) when the budget refuses: o->need says how much to charge outside
+ * the lock before the operation retries. */
 static bool charge_locked(rp_pool *p, op *o, size_t bytes)
 {
     if (bytes <= o->credit) {
@@ -576,7 +562,7 @@ static bool charge_locked(rp_pool *p, op *o, size_t bytes)
         return true;
     }
     size_t rest = bytes - o->credit;
-    if (!phys_try_charge(p, rest)) {
+    if (!rpi_phys_try_charge(p, rest)) {
         o->need = rest;
         return false;
     }
@@ -693,6 +679,14 @@ static lazy_slot *lazy_oldest(rp_heap *h)
 
 static inline bool lazy_full(const rp_heap *h) { return h->lazy_free == NO_SLOT; }
 
+/* The fragment in slot e has been lazy for purge_delay_ms at time now. A
+ * time before the slot's counts as expired: never keep a fragment lazy on a
+ * clock that went back. */
+static inline bool lazy_expired(const rp_heap *h, const lazy_slot *e, uint64_t now)
+{
+    return now < e->ms || now - e->ms >= h->lazy_delay_ms;
+}
+
 /* Slot s leaves the FIFO list for the free stack. */
 static void lazy_unlink(rp_heap *h, uint32_t s)
 {
@@ -742,6 +736,16 @@ NOASAN static void lazy_add(rp_heap *h, frag *f, uint64_t now)
     reseal(h, f);
 }
 
+/* f (FREE) leaves its bin and, if lazy, the lazy set: it is merged, grown or
+ * held. Its header is not resealed here: the caller rewrites it. */
+NOASAN static void unbin(rp_heap *h, frag *f)
+{
+    if (f->req)
+        lazy_forget(h, f);
+    bin_remove(h, f);
+    h->nfree--;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Settling a free fragment: bin it as it is, turn it lazy, or hold it for a
  * purge outside the lock. Under lock.                                       */
@@ -785,25 +789,34 @@ NOASAN static void hold(rp_heap *h, frag *m, range c, const range *gaps, int nga
     j->before = before;
 }
 
-/* Evict the oldest lazy fragment: hold it for a purge of its dirty part. */
+/* The dirty parts of the interior I around its clean ranges parts[0..np)
+ * (sorted, disjoint, inside I), in address order, into gaps[] (room for
+ * np + 1). Returns their number. O(np). */
+static int dirty_gaps(range I, const range *parts, int np, range *gaps)
+{
+    int ng = 0;
+    uintptr_t cur = I.lo;
+    for (int k = 0; k < np; k++) {
+        if (parts[k].lo > cur)
+            gaps[ng++] = (range){cur, parts[k].lo};
+        cur = parts[k].hi;
+    }
+    if (I.hi > cur)
+        gaps[ng++] = (range){cur, I.hi};
+    return ng;
+}
+
+/* Evict the oldest lazy fragment: hold it for a purge of its dirty part
+ * (never empty: a lazy fragment keeps at least PURGE_MIN dirty bytes). */
 NOASAN static void evict_oldest(rp_heap *h, op *o)
 {
     frag *f = lazy_oldest(h)->f;
-    lazy_forget(h, f);
-    bin_remove(h, f);
-    h->nfree--;
+    unbin(h, f); /* lazy: f->req != 0 */
     range I = interior(h, (uintptr_t)f, fsize(f)), c = rclean(f);
+    int np = rlen(c) ? 1 : 0;
     range gaps[2];
-    int ng = 0;
-    if (rlen(c)) {
-        if (c.lo > I.lo)
-            gaps[ng++] = (range){I.lo, c.lo};
-        if (I.hi > c.hi)
-            gaps[ng++] = (range){c.hi, I.hi};
-    } else {
-        gaps[ng++] = I;
-    }
-    hold(h, f, I, gaps, ng, &c, rlen(c) ? 1 : 0, rlen(c), o);
+    int ng = dirty_gaps(I, &c, np, gaps);
+    hold(h, f, I, gaps, ng, &c, np, rlen(c), o);
 }
 
 /* Expiry when nothing turns lazy for a while: every 64th free looks at the
@@ -815,7 +828,7 @@ NOASAN static void lazy_tick(rp_heap *h, op *o)
         return;
     lazy_slot *old = lazy_oldest(h);
     uint64_t now = rpi_now_ms();
-    if (now < old->ms || now - old->ms >= h->lazy_delay_ms)
+    if (lazy_expired(h, old, now))
         evict_oldest(h, o);
 }
 
@@ -873,7 +886,7 @@ NOASAN static void settle(rp_pool *p, rp_heap *h, frag *m, const range *parts,
             lazy_slot *old = lazy_oldest(h);
             bool full = lazy_full(h);
             bool over = h->lazy_bytes + dirty > h->lazy_max;
-            bool expired = old && (now < old->ms || now - old->ms >= h->lazy_delay_ms);
+            bool expired = old && lazy_expired(h, old, now);
             if (old && (flags & S_EVICT) && o->njobs == 0 &&
                 (full || over || expired)) {
                 evict_oldest(h, o);
@@ -886,14 +899,7 @@ NOASAN static void settle(rp_pool *p, rp_heap *h, frag *m, const range *parts,
                 return;
             }
         }
-        uintptr_t cur = I.lo;
-        for (int k = 0; k < np; k++) {
-            if (parts[k].lo > cur)
-                gaps[ng++] = (range){cur, parts[k].lo};
-            cur = parts[k].hi;
-        }
-        if (I.hi > cur)
-            gaps[ng++] = (range){cur, I.hi};
+        ng = dirty_gaps(I, parts, np, gaps);
         c = I;
     } else if (np >= 1) {
         for (int k = 1; k < np; k++)
@@ -936,10 +942,7 @@ NOASAN static void coalesce(rp_pool *p, rp_heap *h, frag *m, op *o, int flags)
         }
     }
     if (pv && ffree(pv)) {
-        if (pv->req)
-            lazy_forget(h, pv);
-        bin_remove(h, pv);
-        h->nfree--;
+        unbin(h, pv);
         if (rlen(rclean(pv)))
             parts[np++] = rclean(pv);
         lo = pv;
@@ -948,10 +951,7 @@ NOASAN static void coalesce(rp_pool *p, rp_heap *h, frag *m, op *o, int flags)
     if (rlen(own))
         parts[np++] = own;
     if (nx && ffree(nx)) {
-        if (nx->req)
-            lazy_forget(h, nx);
-        bin_remove(h, nx);
-        h->nfree--;
+        unbin(h, nx);
         if (rlen(rclean(nx)))
             parts[np++] = rclean(nx);
         ms += fsize(nx);
@@ -1012,13 +1012,12 @@ NOASAN static void purge_done(rp_pool *p, rp_heap *h, const job *j, op *o)
         h->purge_failures++;
         c = keep_largest(p, h, j->part, j->npart, j->before);
     }
-    if (!rlen(c))
-        c.lo = c.hi = 0;
+    /* The set-up free_locked gives a freed block: coalesce reads m's size,
+     * prev_size and clean range only, and settle rewrites req (0 since
+     * hold), the clean range and the seal on every exit (or m is wiped). */
     m->clean_lo = c.lo;
     m->clean_hi = c.hi;
-    m->size_used = fsize(m);
-    m->req = 0;
-    reseal(h, m);
+    m->size_used = fsize(m); /* no longer held */
     coalesce(p, h, m, o, j->ok ? S_PURGE : 0);
 }
 
@@ -1042,10 +1041,7 @@ NOASAN static void grow_done(rp_pool *p, rp_heap *h, const job *j, op *o)
         range parts[2];
         int np = 0;
         o->credit += h->page; /* no new header */
-        if (t->req)
-            lazy_forget(h, t);
-        bin_remove(h, t);
-        h->nfree--;
+        unbin(h, t);
         if (rlen(rclean(t)))
             parts[np++] = rclean(t);
         parts[np++] = (range){old_end, old_end + g}; /* never touched */
@@ -1458,8 +1454,7 @@ static void step_outside(rp_pool *p, rp_heap *h, op *o, lockctx *lc)
     if (o->need) {
         size_t need = o->need;
         o->need = 0;
-        if (lazy_mode(h))
-            (void)rpi_heap_purge_lazy(p, need, UINT64_MAX);
+        (void)rpi_heap_purge_lazy(p, need, UINT64_MAX); /* 0 if eager */
         if (rpi_phys_charge(p, need) == 0)
             o->credit += need;
         else

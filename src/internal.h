@@ -264,6 +264,8 @@ RP_HIDDEN void rpi_virt_uncharge(rp_pool *p, size_t bytes);
 /* Charge physical bytes iff within the budget; on refusal, purge free
  * regions (rpi_purge_for) and try once more. Returns 0 or -ENOMEM. */
 RP_HIDDEN int rpi_phys_charge(rp_pool *p, size_t bytes);
+/* Charge physical iff within budget (true); never purges or calls the hook. */
+RP_HIDDEN bool rpi_phys_try_charge(rp_pool *p, size_t bytes);
 /* Charge without a budget check (for pages that are already resident). */
 RP_HIDDEN void rpi_phys_force(rp_pool *p, size_t bytes);
 RP_HIDDEN void rpi_phys_uncharge(rp_pool *p, size_t bytes);
