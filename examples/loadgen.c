@@ -22,6 +22,10 @@
  *   --max-requests N   stop after this many requests in total (default: none)
  *   --blob-percent P   share of /blob requests (default 5)
  *   --max-kb N         largest blob (default 1024)
+ *   --slow N           the first N threads are slow downloaders (default 0):
+ *                      they ask only for blobs and read each body at most
+ *                      16 KiB per millisecond (about 16 MiB/s), so the server
+ *                      holds their responses in its write buffers longer
  * Output: one "loadgen:" line of key=value pairs on stdout.
  */
 #define _GNU_SOURCE /* memmem */
@@ -372,7 +376,7 @@ int main(int argc, char **argv)
     }
     if (usage || o.port == 0) {
         fprintf(stderr, "usage: %s --port N [--threads N] [--seconds N] [--max-requests N]"
-                        " [--blob-percent P] [--max-kb N]\n", argv[0]);
+                        " [--blob-percent P] [--max-kb N] [--slow N]\n", argv[0]);
         return 2;
     }
     atomic_init(&budget, o.max_requests);

@@ -8,15 +8,6 @@
 #include <pthread.h>
 #include <sys/wait.h>
 
-/* heap.c's cross-file functions that internal.h does not declare yet. */
-size_t rpi_heap_max_request(const rp_pool *p);
-size_t rpi_heap_required_capacity(size_t live_bytes, size_t max_request);
-size_t rpi_heap_guaranteed_live(const rp_pool *p, size_t max_request);
-void *rpi_heap_try_alloc(rp_pool *p, size_t size);
-size_t rpi_heap_purge_lazy(rp_pool *p, size_t bytes, uint64_t cutoff_ms);
-void rpi_heap_counters(rp_pool *p, uint64_t *out);
-extern void (*rpi_heap_job_hook)(rp_pool *p, int what);
-
 /* rpi_heap_counters' slots (heap.c). */
 enum {
     HC_OS_LOCKED,   /* OS calls the heap made holding its lock */
@@ -706,7 +697,6 @@ static void test_heap_refused_growth_falls_back_once(void **state)
     assert_int_equal(s0.heap_committed_bytes, 0);
     /* No room for the heap's first step (1 MiB), nor for a new region. */
     assert_int_equal(rp_budget_set(p, RP_BUDGET_VIRTUAL, s0.virtual_bytes + 64 * KiB), 0);
-    errno = 0;
     char *a = rp_alloc(p, 600 * KiB);
     assert_non_null(a);
     memset(a, 7, 600 * KiB);
@@ -735,7 +725,6 @@ static void test_heap_refused_growth_falls_back_once(void **state)
     rp_free(p, a); /* the region is free again */
     s0 = rp_test_stats(p);
     rp_os_fault_inject(RP_OS_COMMIT, 1);
-    errno = 0;
     a = rp_alloc(p, 600 * KiB);
     rp_os_fault_inject(RP_OS_COMMIT, 0);
     assert_non_null(a);

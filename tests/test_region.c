@@ -493,7 +493,6 @@ static void test_region_fault_every_nth_purge(void **state)
 {
     (void)state;
     rp_config c = rp_test_config(NULL);
-    c.purge_delay_ms = 0;
     for (unsigned long nth = 1; nth <= 12; nth++) {
         rp_pool *p = rp_pool_create(&c);
         void *r[12];
@@ -652,12 +651,24 @@ static void test_region_cache_reuse_and_double_release(void **state)
     rp_pool_destroy(p);
 }
 
+struct physical_at {
+    rp_pool *p;
+    size_t base;
+};
+
+static bool physical_at_base(void *arg)
+{
+    struct physical_at *w = arg;
+    return rp_test_stats(w->p).physical_bytes == w->base;
+}
+
 /* The purger takes back a cached region once the delay has passed, even if
  * its thread never calls rpool again; mincore agrees. */
 static void test_region_cache_expires(void **state)
 {
     (void)state;
-    rp_config c = cache_config(NULL, 40);
+    rp_errlog log = {0};
+    rp_config c = cache_config(&log, 40);
     rp_pool *p = rp_pool_create(&c);
     void *r = rp_region_acquire(p, 2 * MiB);
     memset(r, 1, 2 * MiB);
@@ -665,11 +676,8 @@ static void test_region_cache_expires(void **state)
     size_t base = rp_test_stats(p).physical_bytes - 2 * MiB;
     rp_region_release(p, r);
     assert_int_equal(rp_test_stats(p).cls[5].cached, 1);
-    int waited = 0;
-    while (rp_test_stats(p).physical_bytes != base && waited < 5000) {
-        usleep(5000);
-        waited += 5;
-    }
+    struct physical_at w = {p, base};
+    int waited = rp_wait_until(physical_at_base, &w);
     /* Not before the delay: taken back between delay and delay + ticks. */
     assert_true(waited >= 30);
     rp_stats s = rp_test_stats(p);
@@ -679,6 +687,7 @@ static void test_region_cache_expires(void **state)
     assert_int_equal(rp_resident_bytes(r, 2 * MiB), 0);
     assert_mincore_ok(p);
     assert_int_equal(rp_check(p), 0);
+    assert_int_equal(log.count, 0);
     rp_pool_destroy(p);
 }
 
@@ -716,7 +725,8 @@ static void test_region_cache_never_blocks_budget(void **state)
 {
     (void)state;
     for (int virt = 0; virt < 2; virt++) {
-        rp_config c = cache_config(NULL, 60000);
+        rp_errlog log = {0};
+        rp_config c = cache_config(&log, 60000);
         rp_pool *p = rp_pool_create(&c);
         rp_stats s = rp_test_stats(p);
         /* Room for two 1 MiB regions beyond what exists now, plus slack
@@ -758,6 +768,7 @@ static void test_region_cache_never_blocks_budget(void **state)
         pthread_join(t, NULL);
         pthread_barrier_destroy(&bar);
         assert_int_equal(rp_check(p), 0);
+        assert_int_equal(log.count, 0);
         rp_pool_destroy(p);
     }
 }
@@ -767,7 +778,8 @@ static void test_region_cache_never_blocks_budget(void **state)
 static void test_region_cache_thread_exit(void **state)
 {
     (void)state;
-    rp_config c = cache_config(NULL, 60000);
+    rp_errlog log = {0};
+    rp_config c = cache_config(&log, 60000);
     rp_pool *p = rp_pool_create(&c);
     struct cache_hold h = {p, 256 * KiB, 3, {0}, NULL};
     pthread_t t;
@@ -796,6 +808,7 @@ static void test_region_cache_thread_exit(void **state)
     assert_int_equal(s.cls[2].cached, 0);
     assert_int_equal(s.cls[2].reuses, reuses);
     assert_int_equal(rp_check(p), 0);
+    assert_int_equal(log.count, 0);
     rp_pool_destroy(p);
 }
 
@@ -832,7 +845,8 @@ static void *cache_churner(void *arg)
 static void test_region_cache_concurrent_steal(void **state)
 {
     (void)state;
-    rp_config c = cache_config(NULL, 2);
+    rp_errlog log = {0};
+    rp_config c = cache_config(&log, 2);
     rp_pool *p = rp_pool_create(&c);
     enum { T = 4 };
     pthread_t t[T];
@@ -859,6 +873,7 @@ static void test_region_cache_concurrent_steal(void **state)
     assert_int_equal(s.region_dirty_bytes, 0);
     assert_mincore_ok(p);
     assert_int_equal(rp_check(p), 0);
+    assert_int_equal(log.count, 0);
     rp_pool_destroy(p);
 }
 

@@ -1463,16 +1463,24 @@ static void *idle_worker(void *arg)
     return NULL;
 }
 
+struct given_back {
+    rp_pool *p;
+    size_t base, kept;
+};
+
+static bool is_given_back(void *arg)
+{
+    struct given_back *g = arg;
+    return (rp_test_stats(g->p).region_in_use_bytes - g->base) * 4 <= g->kept;
+}
+
 /* Wait until the worker's kept slabs (in_use above base) are at most a
- * quarter of `kept`; returns the milliseconds waited (-1: timeout). */
+ * quarter of `kept`; returns the milliseconds waited (0: at once, -1:
+ * timeout; rp_wait_until). */
 static int wait_given_back(rp_pool *p, size_t base, size_t kept)
 {
-    for (int ms = 0; ms < 5000; ms += 5) {
-        if ((rp_test_stats(p).region_in_use_bytes - base) * 4 <= kept)
-            return ms;
-        usleep(5000);
-    }
-    return -1;
+    struct given_back g = {p, base, kept};
+    return rp_wait_until(is_given_back, &g);
 }
 
 /* A thread that goes idle keeps up to EMPTY_BYTES of empty slabs for

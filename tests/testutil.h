@@ -2,8 +2,10 @@
 #ifndef RP_TESTUTIL_H
 #define RP_TESTUTIL_H
 
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -11,6 +13,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -75,9 +78,41 @@ static inline size_t rp_resident_bytes(const void *addr, size_t len)
     return res;
 }
 
+/* Milliseconds since *t0 on CLOCK_MONOTONIC. */
+static inline long rp_ms_since(const struct timespec *t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long)(t.tv_sec - t0->tv_sec) * 1000 + (t.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+/* Poll pred(arg) every 5 ms until it holds. Returns the milliseconds of
+ * real time (CLOCK_MONOTONIC) from the call to the end of the check that
+ * saw it hold -- 0 if it held at the first check, so "== 0" means at once
+ * -- or -1 if it still did not hold after 5000 ms. Real time, not a count
+ * of requested sleeps: under load a sleep lasts longer than asked. */
+static inline int rp_wait_until(bool (*pred)(void *arg), void *arg)
+{
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (pred(arg))
+        return 0;
+    for (;;) {
+        usleep(5000);
+        bool ok = pred(arg);
+        long ms = rp_ms_since(&t0);
+        if (ok)
+            return ms > 0 ? (int)ms : 1; /* not at once: never 0 */
+        if (ms >= 5000)
+            return -1;
+    }
+}
+
 /* Run fn(arg) in a forked child with its stderr captured into out (NUL-
- * terminated, read until EOF); returns the child's wait status. For cases
- * that must abort or be reported by a sanitizer. fn must not return. */
+ * terminated: the first len - 1 bytes, the rest read and dropped, so the
+ * child never blocks on a full pipe or dies of SIGPIPE); reads until EOF
+ * and returns the child's wait status. For cases that must abort or be
+ * reported by a sanitizer. fn must not return. */
 static inline int rp_run_child(void (*fn)(void *), void *arg, char *out, size_t len)
 {
     int fds[2];
@@ -94,9 +129,18 @@ static inline int rp_run_child(void (*fn)(void *), void *arg, char *out, size_t 
     }
     close(fds[1]);
     size_t n = 0;
-    ssize_t r;
-    while (n < len - 1 && (r = read(fds[0], out + n, len - 1 - n)) > 0)
-        n += (size_t)r;
+    for (;;) {
+        char drop[4096];
+        char *dst = n < len - 1 ? out + n : drop;
+        size_t room = n < len - 1 ? len - 1 - n : sizeof drop;
+        ssize_t r = read(fds[0], dst, room);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        if (dst != drop)
+            n += (size_t)r;
+    }
     out[n] = '\0';
     close(fds[0]);
     int st = 0;
