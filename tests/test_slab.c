@@ -1704,6 +1704,43 @@ static void test_slab_run_returned_at_budget(void **state)
     rp_pool_destroy(p);
 }
 
+/* Damaged metadata on the run path: a region of a run whose state word is
+ * not RESERVED is reported (RP_ERR_CORRUPT) and never handed out; the rest
+ * of that run goes back to the free stacks and the allocation succeeds. */
+static void test_slab_run_damaged_descriptor_reported(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_config c = rp_test_config(&log);
+    rp_pool *p = rp_pool_create(&c);
+    assert_non_null(p);
+    static void *o[2 * SLAB_OBJS_64];
+    o[0] = rp_alloc(p, 64);
+    assert_non_null(o[0]);
+    char *next = (char *)granule_of(o[0]) + GRANULE; /* first region of the run */
+    rp_rdesc *d = rpi_desc_lookup(p, next);
+    assert_non_null(d);
+    assert_int_equal(rp_load_relaxed_u32(&d->word), RW_MAKE(RS_RESERVED, 0, RK_NONE));
+    rp_store_relaxed_u32(&d->word, RW_MAKE(RS_IN_USE, 0, RK_USER)); /* damage */
+    for (int i = 1; i < 2 * SLAB_OBJS_64; i++) {
+        o[i] = rp_alloc(p, 64);
+        assert_non_null(o[i]);
+        assert_true(granule_of(o[i]) != (uintptr_t)next);
+        memset(o[i], 0x33, 64);
+    }
+    assert_int_equal(log.count, 1);
+    assert_int_equal(log.last_code, RP_ERR_CORRUPT);
+    /* The damaged run's other 14 regions went back to the free stack,
+     * clean; the second slab is the first region of a new run (15 more
+     * left in it); the damaged region is never handed out and stays in
+     * the clean gauge it was counted in. */
+    assert_int_equal(rp_test_stats(p).cls[0].free_clean, 14 + 15 + 1);
+    for (int i = 0; i < 2 * SLAB_OBJS_64; i++)
+        rp_free(p, o[i]);
+    assert_int_equal(log.count, 1);
+    rp_pool_destroy(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1733,6 +1770,7 @@ int main(void)
         cmocka_unit_test(test_slab_idle_thread_empties_given_back),
         cmocka_unit_test(test_slab_run_keeps_threads_apart),
         cmocka_unit_test(test_slab_run_returned_at_budget),
+        cmocka_unit_test(test_slab_run_damaged_descriptor_reported),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
