@@ -42,7 +42,7 @@
  *    completely free marks it DEAD and the next holder releases it.
  *  - The fast paths (rp_alloc from a non-empty bin: 21 instructions;
  *    rp_free of an object of a current or partial slab the calling thread
- *    owns, not its last object out: 29; rp_free into an open batch: 62)
+ *    owns, not its last object out: 31; rp_free into an open batch: 62)
  *    touch only the calling thread's tcache and slab metadata: no lock, no
  *    atomic read-modify-write, and (but for the batch) no call. They are
  *    compiled only without sanitizers and used only by tcaches that are
@@ -2006,7 +2006,10 @@ RP_HOT_ALIGN void rp_free(rp_pool *p, void *ptr)
         if (RP_LIKELY(g < hwm)) {
             struct slab *s = slab_of(&p->desc[g]);
             if (RP_LIKELY(rp_load_relaxed_u64(&s->owner) == thread_token())) {
-                uint64_t n = (uint64_t)((char *)ptr - s->first);
+                /* The slab starts at granule g (only a slab's first
+                 * descriptor holds an owner token): n from off, not from
+                 * s->first, keeps a load off the check's chain. */
+                uint64_t n = off - (g << sh);
                 void *h = s->free;
                 /* lim: a plain read, we are its only writer. */
                 if (RP_LIKELY(n * s->divc < s->lim && h != ptr)) {
