@@ -153,7 +153,7 @@ typedef struct rp_account {
  * grace period. Embedded blobs belong to arena.c and slab.c. */
 #define RP_TS_ARENA_BYTES 256
 #define RP_RCACHE_WAYS 2
-#define RP_TS_SLAB_BYTES 2560
+#define RP_TS_SLAB_BYTES 2624
 
 typedef struct rp_tstate {
     struct cds_list_head node;  /* on pool->threads; RCU list */

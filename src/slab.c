@@ -42,7 +42,8 @@
  *    completely free marks it DEAD and the next holder releases it.
  *  - The fast paths (rp_alloc from a non-empty bin: 21 instructions;
  *    rp_free of an object of a current or partial slab the calling thread
- *    owns, not its last object out: 31; rp_free into an open batch: 62)
+ *    owns, not its last object out: 33, or 35 for a slab outside the
+ *    counted set; rp_free into an open batch: 62)
  *    touch only the calling thread's tcache and slab metadata: no lock, no
  *    atomic read-modify-write, and (but for the batch) no call. They are
  *    compiled only without sanitizers and used only by tcaches that are
@@ -68,8 +69,13 @@
  *              that slab); cleared when another joins or the batch is pushed
  * Per class c:
  *   objects in use == ab[c].net + sum over live shards of bin[c].net
+ *                     + sum over their counted sets' slabs of class c of
+ *                     (used - ubase)
  *   (allocations count +1 in the allocating thread's shard, frees -1 in the
- *   freeing thread's shard; a detaching shard adds its nets to ab[c].net)
+ *   freeing thread's shard, a fast free into a slab of its counted set by
+ *   lowering used alone; a detaching shard adds its nets to ab[c].net)
+ *   counted set: cset[i] == s  <=>  s->cidx == i + 1  =>  s current or
+ *              partial, owner word token | OWNER_CSET
  *
  * Lock order: slab.c takes no lock of its own. It calls the region layer
  * (lock-free except carving), the heap (its own spinlock, never held on
@@ -195,6 +201,9 @@ enum { W_NONE = 0, W_CUR, W_PARTIAL, W_FULL, W_EMPTY, W_ABANDONED };
 
 #define SLAB_QUARANTINE 1u /* a corrupt link was found: never reused */
 #define OWNER_SLOW ((uint64_t)1) /* owner word bit 0: fast free never matches */
+#define OWNER_CSET ((uint64_t)2) /* owner word bit 1: the slab is in its owner's
+                                    counted set ("Counted set" below) */
+#define CSET_N 16u               /* slabs per tcache in the counted set */
 
 /* Slab metadata, in the region descriptor's user area (descriptor bytes
  * 32..127). The first cache line (descriptor bytes 0..63) holds all that
@@ -219,7 +228,11 @@ struct slab {
     char *first;        /* object 0 == the region base */
     void *free;         /* local free list (owner) */
     int32_t used;       /* see the invariants (owner) */
-    uint32_t bm_off;    /* hardened: bitmap offset from first */
+    union {
+        uint32_t bm_off; /* hardened: bitmap offset from first */
+        int32_t ubase;   /* in the counted set (never hardened): used + the
+                            fast frees not yet in net (owner) */
+    };
     uint64_t *net;      /* owner's bin[cls].net (owner) */
     uint32_t size;      /* object bytes */
     uint32_t cap;       /* objects */
@@ -232,7 +245,7 @@ struct slab {
     uint8_t cls;
     uint8_t where;      /* W_* (owner) */
     uint8_t flags;      /* SLAB_* (owner) */
-    uint8_t spare;
+    uint8_t cidx;       /* counted-set slot + 1, 0: not in the set (owner) */
     uint32_t nbumped;   /* slots handed out at least once: lim / step (owner) */
 };
 _Static_assert(sizeof(struct slab) <= RP_DESC_USER_BYTES,
@@ -307,6 +320,10 @@ struct tcache {
     uint32_t inited;
     uint64_t token;       /* owner word of this tcache's slabs */
     uint32_t slow;        /* 1: no fast paths (hardened, TSan runtime) */
+    uint32_t cmask;       /* counted-set slots in use (owner) */
+    /* The counted set ("Counted set" below): cset[i] is the slab whose
+     * cidx is i + 1; the owner stores relaxed, stats and checks load. */
+    struct slab *cset[CSET_N];
 };
 _Static_assert(sizeof(struct tcache) <= RP_TS_SLAB_BYTES,
                "the tcache fits the shard's slab blob");
@@ -398,6 +415,58 @@ static inline void owner_add(uint64_t *c, uint64_t v)
 #else
     *c += v;
 #endif
+}
+
+/* Counted set. A local fast free into a slab of its owner's counted set
+ * updates that slab's line alone (free list, used), not bin[c].net on the
+ * tcache's line: this thread's frees into s that net does not count yet
+ * are ubase - used. Up to CSET_N current or partial slabs of a tcache that
+ * is not slow are in the set (owner word token | OWNER_CSET, cidx = slot +
+ * 1, cset[slot] = s); the others (owner word token) count every fast free
+ * in net. Every other change of a set slab's used moves ubase alike
+ * (used_add), so only fast frees open the gap; a slab leaving the set (to
+ * the full list, the empty cache, abandonment, release) first folds the
+ * gap into net (cset_leave). Stats and checks add used - ubase of every
+ * slab in the set to its class's count: exact at quiescence. Single writer
+ * (the owner) for used, ubase, cset, as for net (owner_add). See
+ * OBJECTS.md "Counted set" for why and what it measured. */
+
+/* Owner: used += d, keeping a set slab's uncounted frees. O(1). */
+static inline void used_add(struct slab *s, int32_t d)
+{
+    s->used += d;
+    if (s->cidx)
+        s->ubase += d;
+}
+
+/* Owner: take s out of the counted set, its uncounted frees into net.
+ * No-op for a slab not in the set. O(1). */
+static void cset_leave(struct slab *s)
+{
+    if (!s->cidx)
+        return;
+    struct tcache *tc = tc_of_slab(s);
+    unsigned i = s->cidx - 1u;
+    owner_add(s->net, (uint64_t)(int64_t)(s->used - s->ubase));
+    s->ubase = s->used;
+    rp_store_relaxed_ptr((void **)&tc->cset[i], NULL);
+    tc->cmask &= ~(1u << i);
+    s->cidx = 0;
+}
+
+/* Owner: s (owned, about to be current or partial) takes fast frees: into
+ * the counted set if it is there or a slot is free, else counted per free
+ * in net. O(1). */
+static void owner_fast(struct tcache *tc, struct slab *s)
+{
+    if (!s->cidx && !tc->slow && tc->cmask != (uint32_t)((1ull << CSET_N) - 1)) {
+        unsigned i = (unsigned)__builtin_ctz(~tc->cmask);
+        tc->cmask |= 1u << i;
+        s->cidx = (uint8_t)(i + 1);
+        s->ubase = s->used;
+        rp_store_relaxed_ptr((void **)&tc->cset[i], s);
+    }
+    rp_store_relaxed_u64(&s->owner, tc->token | (s->cidx ? OWNER_CSET : 0));
 }
 
 /* ======================================================================== */
@@ -697,6 +766,7 @@ static struct slab *slab_format(rp_pool *p, struct tcache *tc, rp_rdesc *d, unsi
  * fast free relies on it). O(1), TSan: O(slots); may call madvise. */
 static void slab_release(rp_pool *p, struct slab *s)
 {
+    cset_leave(s);
     acquire_slots(s);
     rp_store_relaxed_u64(&s->owner, 0);
     s->where = W_NONE;
@@ -831,6 +901,7 @@ static struct slab *empty_take(rp_pool *p, struct tcache *tc, unsigned c)
  * slab_release. */
 static void slab_retire(rp_pool *p, struct tcache *tc, struct slab *s)
 {
+    cset_leave(s);
     if (s->flags & SLAB_QUARANTINE)
         return; /* damaged: never reused nor released (it stays allocated) */
     uint32_t bytes = (uint32_t)rpi_desc_bytes(p, desc_of(s));
@@ -870,13 +941,13 @@ static uint32_t collect(rp_pool *p, struct slab *s)
         for (uint32_t i = 1; i < x && tail; i++)
             tail = link_next(p, s, tail);
         if (!tail) { /* damaged chain (reported): keep the local list */
-            s->used -= (int32_t)x;
+            used_add(s, -(int32_t)x);
             return x;
         }
         link_set(p, tail, s->free);
     }
     s->free = chain;
-    s->used -= (int32_t)x;
+    used_add(s, -(int32_t)x);
     return x;
 }
 
@@ -914,7 +985,7 @@ static void *extend(rp_pool *p, struct slab *s)
     /* Freers of these slots read lim after the user's own hand-off of the
      * pointer; relaxed suffices (they only compare against it). */
     rp_store_relaxed_u64(&s->lim, (uint64_t)(nb + k) * step_of(s));
-    s->used += (int32_t)k;
+    used_add(s, (int32_t)k);
     return o;
 }
 
@@ -930,7 +1001,7 @@ static void *take_list(rp_pool *p, struct slab *s)
     }
     void *list = s->free;
     s->free = NULL;
-    s->used = (int32_t)bumped(s);
+    used_add(s, (int32_t)bumped(s) - s->used);
     return list;
 }
 
@@ -1023,6 +1094,7 @@ static void sweep(rp_pool *p, unsigned c)
  * O(1) + collect. */
 static void slab_abandon(rp_pool *p, struct slab *s)
 {
+    cset_leave(s);
     if (s->flags & SLAB_QUARANTINE) {
         /* A damaged slab is never handed over (its lists are not trusted);
          * it stays allocated. */
@@ -1201,6 +1273,7 @@ static void *refill(rp_pool *p, struct tcache *tc, unsigned c)
             s->where = W_FULL;
             /* The first local free into a full slab must move it to the
              * partial list: keep it off the fast free path meanwhile. */
+            cset_leave(s);
             rp_store_relaxed_u64(&s->owner, tc->token | OWNER_SLOW);
             list_add(&k->full, s);
         }
@@ -1237,7 +1310,7 @@ static void *refill(rp_pool *p, struct tcache *tc, unsigned c)
         if (!s)
             return NULL;
         s->where = W_CUR;
-        rp_store_relaxed_u64(&s->owner, tc->token);
+        owner_fast(tc, s);
         k->cur = s;
     }
 }
@@ -1261,7 +1334,7 @@ static void bin_flush(rp_pool *p, struct tcache *tc, unsigned c)
         return;
     link_set(p, tail, s->free);
     s->free = list;
-    s->used -= (int32_t)n;
+    used_add(s, -(int32_t)n);
 }
 
 static void rb_flush(rp_pool *p, struct tcache *tc, struct rbuf *e);
@@ -1617,7 +1690,7 @@ static void free_local(rp_pool *p, struct slab *s, void *o)
     link_set(p, o, h);
     s->free = o;
     owner_add(s->net, (uint64_t)-1);
-    s->used--;
+    used_add(s, -1);
     if (s->where == W_CUR || s->where == W_EMPTY)
         return;
     struct tcache *tc = tc_of_slab(s);
@@ -1628,7 +1701,7 @@ static void free_local(rp_pool *p, struct slab *s, void *o)
     } else if (s->where == W_FULL) {
         list_del(&k->full, s);
         s->where = W_PARTIAL;
-        rp_store_relaxed_u64(&s->owner, tc->token);
+        owner_fast(tc, s);
         list_add(&k->partial, s);
     }
 }
@@ -1897,7 +1970,7 @@ static void slab_free(rp_pool *p, struct loc *L, void *ptr)
     }
     uint64_t own = rp_load_relaxed_u64(&s->owner);
     struct tcache *tc;
-    if (own != 0 && (own & ~OWNER_SLOW) == thread_token())
+    if (own != 0 && (own & ~(OWNER_SLOW | OWNER_CSET)) == thread_token())
         free_local(p, s, ptr);
     else if (own != 0 && !p->cfg.hardened && sp_of(p)->cls[s->cls].rbmax > 1 &&
              (tc = tcache_peek(p)) != NULL)
@@ -1992,7 +2065,9 @@ RP_HOT_ALIGN void rp_free(rp_pool *p, void *ptr)
      *  - local: a slab this thread owns, current or partial (full and empty
      *    slabs carry the slow owner bit), not its last object out (that
      *    one, and a double free into an empty slab, go the general way). A
-     *    released or foreign region's descriptor never holds a token.
+     *    released or foreign region's descriptor never holds a token. The
+     *    owner word's bit 1 (OWNER_CSET) says the slab is in the counted
+     *    set: the free is counted by used alone, not in net.
      *  - batched: a slab for which this thread has an open batch of remote
      *    frees (which proves the slab alive; see "Remote-free batches").
      * Both check that ptr is a handed-out slot of the slab and the
@@ -2005,7 +2080,8 @@ RP_HOT_ALIGN void rp_free(rp_pool *p, void *ptr)
         uint64_t g = off >> sh;
         if (RP_LIKELY(g < hwm)) {
             struct slab *s = slab_of(&p->desc[g]);
-            if (RP_LIKELY(rp_load_relaxed_u64(&s->owner) == thread_token())) {
+            uint64_t own = rp_load_relaxed_u64(&s->owner);
+            if (RP_LIKELY((own & ~OWNER_CSET) == thread_token())) {
                 /* The slab starts at granule g (only a slab's first
                  * descriptor holds an owner token): n from off, not from
                  * s->first, keeps a load off the check's chain. */
@@ -2016,7 +2092,9 @@ RP_HOT_ALIGN void rp_free(rp_pool *p, void *ptr)
                     if (RP_LIKELY(dec_positive(&s->used))) {
                         *(void **)ptr = h;
                         s->free = ptr;
-                        owner_add(s->net, (uint64_t)-1);
+                        /* In the counted set: ubase - used counts it. */
+                        if (!(own & OWNER_CSET))
+                            owner_add(s->net, (uint64_t)-1);
                         return;
                     }
                     s->used++; /* its last object out: the general path */
@@ -2170,6 +2248,26 @@ struct stat_acc {
     uint64_t net[NCLS];
 };
 
+/* Add the frees that the counted set of tc holds and net does not count
+ * (used - ubase of each slab in it) to net[class]. Any thread, hidden from
+ * TSan by the caller. A slab that leaves the set meanwhile may be counted
+ * twice or not at all, and a slot read as it changes may name a slab of
+ * another class or none: a snapshot of a running pool, like the rest.
+ * Reads stay inside the descriptor table. O(CSET_N). */
+static void cset_add(struct tcache *tc, uint64_t *net)
+{
+    for (unsigned i = 0; i < CSET_N; i++) {
+        struct slab *s = rp_load_relaxed_ptr((void *const *)&tc->cset[i]);
+        if (!s)
+            continue;
+        unsigned c = s->cls;
+        int32_t used = (int32_t)rp_load_relaxed_u32((const uint32_t *)(const void *)&s->used);
+        int32_t ubase = (int32_t)rp_load_relaxed_u32((const uint32_t *)(const void *)&s->ubase);
+        if (c < NCLS)
+            net[c] += (uint64_t)(int64_t)(used - ubase);
+    }
+}
+
 /* Sum one shard's counters. Hidden from TSan: the counters publish nothing,
  * and thread.c zeroes a recycled shard with a plain memset before it is
  * published through the (hidden) RCU list, an edge TSan cannot see. */
@@ -2180,6 +2278,7 @@ static void stat_shard(rp_tstate *ts, void *arg) /* O(classes) */
     RP_HIDE_BEGIN();
     for (unsigned c = 0; c < NCLS; c++)
         a->net[c] += rp_load_relaxed_u64(&tc->bin[c].net);
+    cset_add(tc, a->net);
     RP_HIDE_END();
 }
 
@@ -2210,6 +2309,7 @@ struct chk {
     char msg[320];
     uint64_t net[NCLS];
     uint64_t limit;       /* bound on any walk: carved granules */
+    uint32_t ncset;       /* slabs of the shard's lists in its counted set */
 };
 
 static void chk_fail(struct chk *k, const void *ptr, const char *fmt, ...)
@@ -2265,6 +2365,15 @@ static void chk_slab(struct chk *k, struct slab *s, unsigned c, uint64_t owner,
                  "cap %u, or base does not match its class",
                  (void *)s->first, s->cls, c, s->where, where, s->size, s->cap);
         return;
+    }
+    if (s->cidx) {
+        if ((where != W_CUR && where != W_PARTIAL) || s->cidx > CSET_N) {
+            chk_fail(k, s->first, "check: slab %p (place %u) has counted-set slot %u",
+                     (void *)s->first, where, s->cidx);
+            return;
+        }
+        owner |= OWNER_CSET;
+        k->ncset++;
     }
     if (rp_load_relaxed_u64(&s->owner) != owner) {
         chk_fail(k, s->first, "check: slab %p has owner word %#llx, expected %#llx",
@@ -2380,6 +2489,34 @@ static void chk_batch(struct chk *k, struct tcache *tc, const struct rbuf *e)
                  "count says %u, or it does not end at its tail", (void *)s->first, i, n);
 }
 
+/* The counted set of tc against the slabs its lists hold (k->ncset): each
+ * slot in use is marked in cmask and holds a current or partial slab of tc
+ * that names the slot, and the lists hold as many slabs in the set as the
+ * slots. Adds the set's uncounted frees to k->net. O(CSET_N). */
+static void chk_cset(struct chk *k, struct tcache *tc)
+{
+    uint32_t n = 0;
+    for (unsigned i = 0; i < CSET_N && !k->bad; i++) {
+        struct slab *s = rp_load_relaxed_ptr((void *const *)&tc->cset[i]);
+        bool marked = (tc->cmask >> i) & 1u;
+        if (!s) {
+            if (marked)
+                chk_fail(k, NULL, "check: counted-set slot %u marked but empty", i);
+            continue;
+        }
+        n++;
+        if (!marked || s->cidx != i + 1 || s->cls >= NCLS ||
+            (s->where != W_CUR && s->where != W_PARTIAL) || s->net != &tc->bin[s->cls].net)
+            chk_fail(k, s, "check: counted-set slot %u holds %p: slot %u, class %u, "
+                     "place %u, or another thread's", i, (void *)s, s->cidx, s->cls,
+                     s->where);
+    }
+    if (!k->bad && n != k->ncset)
+        chk_fail(k, NULL, "check: counted set holds %u slabs, the lists %u", n, k->ncset);
+    if (!k->bad)
+        cset_add(tc, k->net);
+}
+
 /* Check one shard's slabs and open batches. O(its slabs x objects per
  * slab). */
 static void chk_shard(rp_tstate *ts, void *arg)
@@ -2387,6 +2524,7 @@ static void chk_shard(rp_tstate *ts, void *arg)
     struct chk *k = arg;
     struct tcache *tc = tc_of_ts(ts);
     RP_HIDE_BEGIN(); /* quiescent by contract; other threads' data */
+    k->ncset = 0;
     for (unsigned c = 0; c < NCLS; c++)
         k->net[c] += rp_load_relaxed_u64(&tc->bin[c].net);
     if (tc->inited) {
@@ -2400,6 +2538,7 @@ static void chk_shard(rp_tstate *ts, void *arg)
             chk_owner_list(k, cd->partial, c, tc->token, W_PARTIAL);
             chk_owner_list(k, cd->full, c, tc->token | OWNER_SLOW, W_FULL);
         }
+        chk_cset(k, tc);
         /* Stealers are held off (rpi_slab_check); a slot in emask may be
          * empty (stolen, not yet noticed by the owner), a full slot must be
          * in emask. */

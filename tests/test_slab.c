@@ -577,6 +577,155 @@ static void test_slab_stats_exact(void **state)
     rp_pool_destroy(p);
 }
 
+/* Counted set (OBJECTS.md "Counted set"): a thread's fast frees into up to
+ * 16 of its slabs are counted on the slab, not in its net; stats and
+ * rp_check add them, and a slab leaving the set folds them into net. Each
+ * phase checks slab_bytes exactly:
+ *  1. frees over 3 classes x 12 slabs (more slabs than the set holds, so
+ *     slabs in and out of it take fast frees), in 4 shuffled rounds;
+ *  2. a thread exits with uncounted frees (its slabs are abandoned);
+ *  3. remote frees collected into slabs in the set (used moves, the
+ *     uncounted count must not), then allocations and local frees. */
+struct cset_ctx {
+    rp_pool *p;
+    void **o;
+    size_t n;
+};
+
+static uint64_t cset_rng(uint64_t *r)
+{
+    *r = *r * 6364136223846793005ull + 1442695040888963407ull;
+    return *r >> 33;
+}
+
+static void shuffle_ptrs(void **v, size_t n, uint64_t seed)
+{
+    for (size_t i = n; i > 1; i--) {
+        size_t j = cset_rng(&seed) % i;
+        void *t = v[i - 1];
+        v[i - 1] = v[j];
+        v[j] = t;
+    }
+}
+
+/* Allocates n 64-byte objects, frees a shuffled half, exits. */
+static void *cset_exit_worker(void *arg)
+{
+    struct cset_ctx *c = arg;
+    for (size_t i = 0; i < c->n; i++)
+        c->o[i] = rp_alloc(c->p, 64);
+    shuffle_ptrs(c->o, c->n, 7);
+    for (size_t i = 0; i < c->n / 2; i++)
+        rp_free(c->p, c->o[i]);
+    return NULL;
+}
+
+/* Frees every third object of c->o (another thread's), then detaches. */
+static void *cset_remote_worker(void *arg)
+{
+    struct cset_ctx *c = arg;
+    for (size_t i = 0; i < c->n; i += 3)
+        rp_free(c->p, c->o[i]);
+    rp_thread_detach(c->p);
+    return NULL;
+}
+
+static void test_slab_counted_set_exact(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_pool(&log, 0);
+    /* 1. 12 slabs (64 KiB) of each of 64, 256 and 1024 bytes. */
+    static const size_t sz[3] = {64, 256, 1024};
+    enum { PER64 = 12 * 1024, PER256 = 12 * 256, PER1K = 12 * 64 };
+    enum { N = PER64 + PER256 + PER1K };
+    static void *o[N];
+    static size_t osz[N];
+    size_t k = 0, live = 0;
+    for (size_t i = 0; k < N; i++) {
+        size_t c = i % 3;
+        size_t want = c == 0 ? PER64 : c == 1 ? PER256 : PER1K;
+        if (i / 3 >= want)
+            continue;
+        osz[k] = sz[c];
+        o[k] = rp_alloc(p, sz[c]);
+        assert_non_null(o[k]);
+        live += sz[c];
+        k++;
+    }
+    assert_int_equal(rp_test_stats(p).slab_bytes, live);
+    assert_int_equal(rp_check(p), 0);
+    static void *round_o[N];
+    for (unsigned r = 0; r < 4; r++) {
+        size_t m = 0;
+        for (size_t i = r; i < N; i += 4) {
+            round_o[m++] = o[i];
+            live -= osz[i];
+        }
+        shuffle_ptrs(round_o, m, 100 + r);
+        for (size_t i = 0; i < m; i++)
+            rp_free(p, round_o[i]);
+        if (rp_test_stats(p).slab_bytes != live)
+            fail_msg("round %u: slab_bytes %zu, expected %zu", r,
+                     rp_test_stats(p).slab_bytes, live);
+        assert_int_equal(rp_check(p), 0);
+    }
+    assert_int_equal(live, 0);
+
+    /* 2. A thread exits with half of its objects freed. */
+    enum { W = 4096 };
+    static void *wo[W];
+    struct cset_ctx c = {p, wo, W};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, cset_exit_worker, &c), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(rp_test_stats(p).slab_bytes, (size_t)(W / 2) * 64);
+    assert_int_equal(rp_check(p), 0);
+    for (size_t i = W / 2; i < W; i++)
+        rp_free(p, wo[i]);
+    assert_int_equal(rp_test_stats(p).slab_bytes, 0);
+    assert_int_equal(rp_check(p), 0);
+
+    /* 3. Remote frees into this thread's slabs, collected while its own
+     * uncounted frees are pending. */
+    for (size_t i = 0; i < W; i++)
+        assert_non_null(wo[i] = rp_alloc(p, 64));
+    live = (size_t)W * 64;
+    for (size_t i = 1; i < W; i += 3) { /* local, fast */
+        rp_free(p, wo[i]);
+        wo[i] = NULL;
+        live -= 64;
+    }
+    assert_int_equal(rp_test_stats(p).slab_bytes, live);
+    assert_int_equal(pthread_create(&t, NULL, cset_remote_worker, &c), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    for (size_t i = 0; i < W; i += 3) {
+        wo[i] = NULL;
+        live -= 64;
+    }
+    assert_int_equal(rp_test_stats(p).slab_bytes, live);
+    assert_int_equal(rp_check(p), 0);
+    static void *more[W];
+    for (size_t i = 0; i < W; i++) { /* the bins refill from collected lists */
+        assert_non_null(more[i] = rp_alloc(p, 64));
+        live += 64;
+    }
+    assert_int_equal(rp_test_stats(p).slab_bytes, live);
+    assert_int_equal(rp_check(p), 0);
+    shuffle_ptrs(more, W, 9);
+    for (size_t i = 0; i < W; i++)
+        rp_free(p, more[i]);
+    for (size_t i = 0; i < W; i++)
+        if (wo[i])
+            rp_free(p, wo[i]);
+    assert_int_equal(rp_test_stats(p).slab_bytes, 0);
+    assert_int_equal(rp_check(p), 0);
+    assert_int_equal(rp_thread_detach(p), 0);
+    assert_int_equal(rp_test_stats(p).region_in_use_bytes, 0);
+    assert_int_equal(log.count, 0);
+    rp_pool_destroy(p);
+}
+
 /* The fast-path cache survives pools that come and go at the same address. */
 static void test_slab_pools_come_and_go(void **state)
 {
@@ -1761,6 +1910,7 @@ int main(void)
         cmocka_unit_test(test_slab_realloc_across_classes),
         cmocka_unit_test(test_slab_aligned_every_pow2),
         cmocka_unit_test(test_slab_stats_exact),
+        cmocka_unit_test(test_slab_counted_set_exact),
         cmocka_unit_test(test_slab_pools_come_and_go),
         cmocka_unit_test(test_slab_bad_input_plain),
         cmocka_unit_test(test_slab_bad_input_hardened),
