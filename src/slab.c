@@ -219,8 +219,9 @@ enum { W_NONE = 0, W_CUR, W_PARTIAL, W_FULL, W_EMPTY, W_ABANDONED };
  * multiplication and one compare against lim = bumped * step (< divc)
  * check "n is the start of a slot that was handed out at least once". */
 struct slab {
-    uint64_t owner;     /* owner token (| OWNER_SLOW), 0 = none; owner writes
-                           relaxed, any thread reads relaxed */
+    uint64_t owner;     /* owner token (| OWNER_SLOW or OWNER_CSET), 0 =
+                           none; owner writes relaxed, any thread reads
+                           relaxed */
     uint64_t divc;      /* see above (constant while formatted) */
     uint64_t lim;       /* bumped * step; owner writes relaxed, freers read
                            relaxed */
@@ -423,20 +424,30 @@ static inline void owner_add(uint64_t *c, uint64_t v)
  * are ubase - used. Up to CSET_N current or partial slabs of a tcache that
  * is not slow are in the set (owner word token | OWNER_CSET, cidx = slot +
  * 1, cset[slot] = s); the others (owner word token) count every fast free
- * in net. Every other change of a set slab's used moves ubase alike
- * (used_add), so only fast frees open the gap; a slab leaving the set (to
+ * in net. Every other change of a set slab's used folds the gap into net
+ * and sets ubase = used (used_add), so the gap holds only fast frees since
+ * then, fewer than cap; a slab leaving the set (to
  * the full list, the empty cache, abandonment, release) first folds the
  * gap into net (cset_leave). Stats and checks add used - ubase of every
  * slab in the set to its class's count: exact at quiescence. Single writer
  * (the owner) for used, ubase, cset, as for net (owner_add). See
  * OBJECTS.md "Counted set" for why and what it measured. */
 
-/* Owner: used += d, keeping a set slab's uncounted frees. O(1). */
+/* Owner: used += d; a set slab's uncounted frees are folded into net
+ * first. So they are only the fast frees since the slab's last used
+ * change on a slow path: used only falls between two such changes and
+ * stays positive, so there are fewer than cap of them (the bound cset_add
+ * relies on; without the fold a slab that stays current would pile up
+ * frees without bound and wrap ubase). O(1). */
 static inline void used_add(struct slab *s, int32_t d)
 {
-    s->used += d;
-    if (s->cidx)
-        s->ubase += d;
+    if (s->cidx) {
+        owner_add(s->net, (uint64_t)(int64_t)(s->used - s->ubase));
+        s->used += d;
+        s->ubase = s->used;
+    } else {
+        s->used += d;
+    }
 }
 
 /* Owner: take s out of the counted set, its uncounted frees into net.
@@ -449,7 +460,10 @@ static void cset_leave(struct slab *s)
     unsigned i = s->cidx - 1u;
     owner_add(s->net, (uint64_t)(int64_t)(s->used - s->ubase));
     s->ubase = s->used;
-    rp_store_relaxed_ptr((void **)&tc->cset[i], NULL);
+    /* After the fold: a reader that finds the slot empty reads the folded
+     * net (cset_add's acquire load, then the nets): counted once or
+     * twice, never zero times. */
+    rp_store_release_ptr((void **)&tc->cset[i], NULL);
     tc->cmask &= ~(1u << i);
     s->cidx = 0;
 }
@@ -749,7 +763,8 @@ static struct slab *slab_format(rp_pool *p, struct tcache *tc, rp_rdesc *d, unsi
     s->size = ci->size;
     s->cap = ci->cap;
     s->divc = ci->divc;
-    s->bm_off = ci->bm_off;
+    if (p->cfg.hardened) /* the word is ubase otherwise ("Counted set") */
+        s->bm_off = ci->bm_off;
     s->cls = (uint8_t)c;
     s->net = &tc->bin[c].net;
     if (p->cfg.hardened) {
@@ -2250,21 +2265,25 @@ struct stat_acc {
 
 /* Add the frees that the counted set of tc holds and net does not count
  * (used - ubase of each slab in it) to net[class]. Any thread, hidden from
- * TSan by the caller. A slab that leaves the set meanwhile may be counted
- * twice or not at all, and a slot read as it changes may name a slab of
- * another class or none: a snapshot of a running pool, like the rest.
- * Reads stay inside the descriptor table. O(CSET_N). */
+ * TSan by the caller; call it before reading tc's nets: a slab leaving the
+ * set meanwhile folds into net before its slot empties (cset_leave), so
+ * its frees are counted once or twice, never zero times. A slot read as
+ * it changes may name a slab that left the set (or was reformatted): the
+ * slot is re-read after the counts and a gap outside [-cap, 0] is
+ * ignored. Reads stay inside the descriptor table. O(CSET_N). */
 static void cset_add(struct tcache *tc, uint64_t *net)
 {
     for (unsigned i = 0; i < CSET_N; i++) {
-        struct slab *s = rp_load_relaxed_ptr((void *const *)&tc->cset[i]);
+        struct slab *s = rp_load_acquire_ptr((void *const *)&tc->cset[i]);
         if (!s)
             continue;
         unsigned c = s->cls;
         int32_t used = (int32_t)rp_load_relaxed_u32((const uint32_t *)(const void *)&s->used);
         int32_t ubase = (int32_t)rp_load_relaxed_u32((const uint32_t *)(const void *)&s->ubase);
-        if (c < NCLS)
-            net[c] += (uint64_t)(int64_t)(used - ubase);
+        int64_t gap = (int64_t)used - ubase;
+        if (c < NCLS && gap <= 0 && gap >= -(int64_t)s->cap &&
+            rp_load_relaxed_ptr((void *const *)&tc->cset[i]) == s)
+            net[c] += (uint64_t)gap;
     }
 }
 
@@ -2276,9 +2295,9 @@ static void stat_shard(rp_tstate *ts, void *arg) /* O(classes) */
     struct stat_acc *a = arg;
     struct tcache *tc = tc_of_ts(ts);
     RP_HIDE_BEGIN();
+    cset_add(tc, a->net); /* first: see cset_add */
     for (unsigned c = 0; c < NCLS; c++)
         a->net[c] += rp_load_relaxed_u64(&tc->bin[c].net);
-    cset_add(tc, a->net);
     RP_HIDE_END();
 }
 
