@@ -57,6 +57,18 @@ static rp_pool *make_pool(rp_errlog *log, int hardened)
     return p;
 }
 
+/* Every object freed: no object bytes counted, the check passes, and once
+ * this thread detaches no region is in use; no report; destroy. */
+static void all_back_and_destroy(rp_pool *p, rp_errlog *log)
+{
+    assert_int_equal(rp_test_stats(p).slab_bytes, 0);
+    assert_int_equal(rp_check(p), 0);
+    assert_int_equal(rp_thread_detach(p), 0);
+    assert_int_equal(rp_test_stats(p).region_in_use_bytes, 0);
+    assert_int_equal(log->count, 0);
+    rp_pool_destroy(p);
+}
+
 /* Expect exactly one report with `code` from `stmt`. */
 #define EXPECT_REPORT(log, code, stmt)                                        \
     do {                                                                      \
@@ -734,12 +746,7 @@ static void test_slab_counted_set_exact(void **state)
     for (size_t i = 0; i < W; i++)
         if (wo[i])
             rp_free(p, wo[i]);
-    assert_int_equal(rp_test_stats(p).slab_bytes, 0);
-    assert_int_equal(rp_check(p), 0);
-    assert_int_equal(rp_thread_detach(p), 0);
-    assert_int_equal(rp_test_stats(p).region_in_use_bytes, 0);
-    assert_int_equal(log.count, 0);
-    rp_pool_destroy(p);
+    all_back_and_destroy(p, &log);
 }
 
 /* The fast-path cache survives pools that come and go at the same address. */
@@ -1568,12 +1575,7 @@ static void test_slab_exit_races_remote_frees(void **state)
         assert_int_equal(c.bad, 0);
     }
     free(ring);
-    assert_int_equal(rp_test_stats(p).slab_bytes, 0);
-    assert_int_equal(rp_check(p), 0);
-    assert_int_equal(rp_thread_detach(p), 0);
-    assert_int_equal(rp_test_stats(p).region_in_use_bytes, 0);
-    assert_int_equal(log.count, 0);
-    rp_pool_destroy(p);
+    all_back_and_destroy(p, &log);
 }
 
 /* Objects of a thread that detaches while they are live, freed later by
