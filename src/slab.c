@@ -433,6 +433,14 @@ static inline void owner_add(uint64_t *c, uint64_t v)
  * (the owner) for used, ubase, cset, as for net (owner_add). See
  * OBJECTS.md "Counted set" for why and what it measured. */
 
+/* Owner: move a set slab's uncounted frees into net (used_add,
+ * cset_leave). O(1). */
+static inline void cset_fold(struct slab *s)
+{
+    owner_add(s->net, (uint64_t)(int64_t)(s->used - s->ubase));
+    s->ubase = s->used;
+}
+
 /* Owner: used += d; a set slab's uncounted frees are folded into net
  * first. So they are only the fast frees since the slab's last used
  * change on a slow path: used only falls between two such changes and
@@ -442,7 +450,7 @@ static inline void owner_add(uint64_t *c, uint64_t v)
 static inline void used_add(struct slab *s, int32_t d)
 {
     if (s->cidx) {
-        owner_add(s->net, (uint64_t)(int64_t)(s->used - s->ubase));
+        cset_fold(s);
         s->used += d;
         s->ubase = s->used;
     } else {
@@ -458,8 +466,7 @@ static void cset_leave(struct slab *s)
         return;
     struct tcache *tc = tc_of_slab(s);
     unsigned i = s->cidx - 1u;
-    owner_add(s->net, (uint64_t)(int64_t)(s->used - s->ubase));
-    s->ubase = s->used;
+    cset_fold(s);
     /* After the fold: a reader that finds the slot empty reads the folded
      * net (cset_add's acquire load, then the nets): counted once or
      * twice, never zero times. */
