@@ -48,6 +48,14 @@ static size_t expected_class(size_t s)
     return k + (s - k + step - 1) / step * step;
 }
 
+/* The tests' pseudo-random numbers: advance the 64-bit LCG state *r
+ * (Knuth's MMIX constants), return its high 31 bits. */
+static uint64_t lcg_next(uint64_t *r)
+{
+    *r = *r * 6364136223846793005ull + 1442695040888963407ull;
+    return *r >> 33;
+}
+
 static rp_pool *make_pool(rp_errlog *log, int hardened)
 {
     rp_config c = rp_test_config(log);
@@ -561,8 +569,7 @@ static void test_slab_stats_exact(void **state)
     size_t sum = 0;
     uint64_t rng = 42;
     for (int i = 0; i < N; i++) {
-        rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-        size_t s = (rng >> 33) % 3000;
+        size_t s = lcg_next(&rng) % 3000;
         o[i] = rp_alloc(p, s);
         assert_non_null(o[i]);
         sum += expected_class(s);
@@ -605,16 +612,10 @@ struct cset_ctx {
     size_t n;
 };
 
-static uint64_t cset_rng(uint64_t *r)
-{
-    *r = *r * 6364136223846793005ull + 1442695040888963407ull;
-    return *r >> 33;
-}
-
 static void shuffle_ptrs(void **v, size_t n, uint64_t seed)
 {
     for (size_t i = n; i > 1; i--) {
-        size_t j = cset_rng(&seed) % i;
+        size_t j = lcg_next(&seed) % i;
         void *t = v[i - 1];
         v[i - 1] = v[j];
         v[j] = t;
@@ -1274,8 +1275,7 @@ struct peer {
 
 static void *make_obj(struct peer *pe, uint64_t serial)
 {
-    pe->rng = pe->rng * 6364136223846793005ull + 1442695040888963407ull;
-    uint64_t r = pe->rng >> 33;
+    uint64_t r = lcg_next(&pe->rng);
     size_t size = 32 + (r % 8 == 0 ? r % 4000 : r % 200);
     unsigned char *o = rp_alloc(pe->p, size);
     if (!o)
