@@ -247,6 +247,34 @@ int rpb_pin_cpus(int n)
     return sched_setaffinity(0, sizeof want, &want);
 }
 
+int rpb_cpu_count(void)
+{
+    cpu_set_t have;
+    if (sched_getaffinity(0, sizeof have, &have) != 0)
+        return 0;
+    return CPU_COUNT(&have);
+}
+
+int rpb_pin_thread(int k)
+{
+    cpu_set_t have, want;
+    if (sched_getaffinity(0, sizeof have, &have) != 0)
+        return -1;
+    int n = CPU_COUNT(&have);
+    if (n < 1)
+        return -1;
+    k %= n;
+    CPU_ZERO(&want);
+    for (int c = 0; c < CPU_SETSIZE; c++) {
+        if (CPU_ISSET(c, &have) && k-- == 0) {
+            CPU_SET(c, &want);
+            break;
+        }
+    }
+    return pthread_setaffinity_np(pthread_self(), sizeof want, &want) ? -1
+                                                                       : 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Reporting: straight to fd 1 in one write per line.                        */
 

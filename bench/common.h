@@ -54,12 +54,19 @@ typedef enum rpb_alloc {
 static inline int rpb_is_malloc(rpb_alloc a) { return a <= RPB_RPOOL_MALLOC; }
 
 /* Parsed command line: workload name plus key=value parameters. */
+/* xthread thread placement (place=). FREE: the scheduler decides. SPLIT: a
+ * pair's producer and consumer are pinned to different CPUs (every free is
+ * remote across cores). PAIR: both threads of a pair are pinned to one CPU
+ * (they take turns; the remote free stays in that core's cache). */
+enum { RPB_PLACE_FREE = 0, RPB_PLACE_SPLIT, RPB_PLACE_PAIR };
+
 typedef struct rpb_args {
     const char *workload;
     rpb_alloc alloc;
     const char *alloc_name;
     int threads;
     int cpus;            /* 0 = no affinity; n = pin the process to n CPUs */
+    int place;           /* xthread: RPB_PLACE_* (where each pair's threads run) */
     size_t size;         /* object or buffer size, bytes */
     int random_order;    /* small: 0 = LIFO free order, 1 = random */
     uint64_t ops;        /* total operations (pairs, objects, ...) */
@@ -130,6 +137,11 @@ void rpb_start(int idx);
 void rpb_stop(int idx);
 /* Pin the whole process to the first n CPUs it may run on; 0 on success. */
 int rpb_pin_cpus(int n);
+/* The number of CPUs the calling thread may run on (0 if unknown). */
+int rpb_cpu_count(void);
+/* Pin the calling thread to the k-th CPU (k modulo their count) of those the
+ * process may run on; 0 on success. */
+int rpb_pin_thread(int k);
 
 /* ---- reporting ---- */
 void rpb_metric(const char *name, double value);

@@ -37,7 +37,7 @@ extract() {
 }
 
 n=0
-for case in small-64-lifo small-64-random small-256-lifo small-256-random xthread-64 request-200; do
+for case in small-64-lifo small-64-random small-256-lifo small-256-random xthread-64 xthread-64-split xthread-64-pair request-200; do
     metric=ns_per_pair
     case $case in xthread-*|request-*) metric=ns_per_object ;; esac
     extract "$case" "$metric" >"$tmp/$case.all"

@@ -2,7 +2,7 @@
  *
  *   rpbench <workload> alloc=<a> [threads=N] [cpus=N] [size=B]
  *           [order=lifo|random] [ops=N] [iters=N] [wait_ms=N] [purge_ms=N]
- *           [replays=N] [seed=N]
+ *           [replays=N] [seed=N] [place=free|split|pair]
  *   rpbench features
  *
  * workload: small | xthread | request | large | overhead | heap
@@ -64,7 +64,8 @@ static void usage(void)
             "usage: rpbench <small|xthread|request|large|overhead|heap> "
             "alloc=<glibc|jemalloc|mimalloc|tcmalloc|rpool-malloc|rpool|bump> "
             "[threads=N] [cpus=N] [size=B] [order=lifo|random] [ops=N] "
-            "[iters=N] [wait_ms=N] [purge_ms=N] [replays=N] [seed=N]\n"
+            "[iters=N] [wait_ms=N] [purge_ms=N] [replays=N] [seed=N] "
+            "[place=free|split|pair]\n"
             "       rpbench features\n");
     exit(64);
 }
@@ -119,6 +120,15 @@ int main(int argc, char **argv)
             a.replays = (uint32_t)parse_u64(k, v);
         } else if (strcmp(k, "seed") == 0) {
             a.seed = parse_u64(k, v);
+        } else if (strcmp(k, "place") == 0) {
+            if (strcmp(v, "free") == 0)
+                a.place = RPB_PLACE_FREE;
+            else if (strcmp(v, "split") == 0)
+                a.place = RPB_PLACE_SPLIT;
+            else if (strcmp(v, "pair") == 0)
+                a.place = RPB_PLACE_PAIR;
+            else
+                rpb_error("place=%s: free, split or pair", v);
         } else {
             rpb_error("unknown key %s", k);
         }
@@ -127,6 +137,8 @@ int main(int argc, char **argv)
         usage();
     if (a.threads < 1 || a.threads > 64)
         rpb_error("threads=%d out of range [1, 64]", a.threads);
+    if (a.place != RPB_PLACE_FREE && strcmp(a.workload, "xthread") != 0)
+        rpb_error("place= is an xthread parameter");
     rpb_verify_malloc(&a);
     if (a.cpus > 0) {
         if (rpb_pin_cpus(a.cpus) != 0)

@@ -115,11 +115,20 @@ def plan(quick):
                         "small", f"size={size}", f"order={order}",
                         f"threads={t}", f"ops={pairs}"],
                     t, PEERS + RP, ["ns_per_pair"]))
-    for t in (2, 4, 8):
-        cases.append(Case(
-            "xthread", "xthread-64", "2 cross-thread free, 64 B (P+C threads)",
-            ["xthread", f"threads={t}", "ops=" + ("500K" if q else "4M")],
-            t, PEERS + RP + ["bump"], ["ns_per_object"]))
+    # Cross-thread free in three placements (wl_xthread.c): the scheduler's
+    # (free), each pair's producer and consumer on different CPUs (split)
+    # and on one CPU (pair). With more threads than CPUs the free rows are
+    # a lottery between the other two regimes (bench/README "Noise").
+    for place, what in (("free", "scheduler's placement"),
+                        ("split", "P and C on different CPUs"),
+                        ("pair", "P and C on one CPU")):
+        for t in (2, 4, 8):
+            cases.append(Case(
+                "xthread", "xthread-64" + ("" if place == "free" else "-" + place),
+                f"2 cross-thread free, 64 B (P+C threads), {what}",
+                ["xthread", f"threads={t}", f"place={place}",
+                 "ops=" + ("500K" if q else "4M")],
+                t, PEERS + RP + ["bump"], ["ns_per_object"]))
     for t in (1, 2, 4, 8):
         cases.append(Case(
             "request", "request-200",

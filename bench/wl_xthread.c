@@ -11,6 +11,14 @@
  * bump column: the ring alone with preallocated objects and no allocator,
  * the floor that the harness itself costs.
  *
+ * Placement (place=): free leaves it to the scheduler; split pins pair i's
+ * producer to CPU 2i and its consumer to CPU 2i+1 (modulo the CPUs the
+ * process may use), so every free crosses cores; pair pins both to CPU i,
+ * so producer and consumer take turns on one core. On a machine with fewer
+ * CPUs than threads, free placement is a lottery between those two regimes
+ * (which one a run gets decides its time, for every allocator alike); the
+ * pinned rows measure each regime on its own.
+ *
  * Concurrency: ring.head is written only by the producer and ring.tail only
  * by the consumer. The producer's release store of head pairs with the
  * consumer's acquire load of head (the slot write happens-before the slot
@@ -162,6 +170,7 @@ typedef struct xt_ctx {
     ring *rings;
     int pairs;
     int ref;
+    int place;
     uint64_t per_pair;
     _Atomic uint64_t checksum;
 } xt_ctx;
@@ -169,13 +178,21 @@ typedef struct xt_ctx {
 static void xt_thread(int idx, void *arg)
 {
     xt_ctx *c = arg;
+    int pair = idx < c->pairs ? idx : idx - c->pairs;
+    int consumer = idx >= c->pairs;
+    /* pinned before the warm-up, so the thread's cache is warmed where it
+     * runs */
+    if (c->place != RPB_PLACE_FREE) {
+        int cpu = c->place == RPB_PLACE_SPLIT ? 2 * pair + consumer : pair;
+        if (rpb_pin_thread(cpu) != 0)
+            rpb_error("xthread: cannot pin thread %d to CPU %d", idx, cpu);
+    }
     if (!c->ref)
         c->warm(c->actx);
     rpb_start(idx);
-    int pair = idx < c->pairs ? idx : idx - c->pairs;
     ring *r = &c->rings[pair];
     void *actx = c->ref ? (void *)r : c->actx;
-    if (idx < c->pairs) {
+    if (!consumer) {
         c->produce(actx, r, c->per_pair);
     } else {
         uint64_t s = c->consume(actx, r, c->per_pair);
@@ -189,7 +206,10 @@ void wl_xthread(const rpb_args *a)
     if (a->threads < 2 || a->threads % 2)
         rpb_error("xthread needs an even thread count >= 2, got %d",
                   a->threads);
-    xt_ctx c = {.pairs = a->threads / 2};
+    if (a->place == RPB_PLACE_SPLIT && rpb_cpu_count() < 2)
+        rpb_error("xthread place=split needs 2 CPUs, the process may use %d",
+                  rpb_cpu_count());
+    xt_ctx c = {.pairs = a->threads / 2, .place = a->place};
     c.per_pair = a->ops / (uint64_t)c.pairs;
     if (c.per_pair == 0)
         c.per_pair = 1;
