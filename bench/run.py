@@ -431,7 +431,9 @@ def build_table(res, cases_run, reps_done):
                 f" reps={n}" + (f" ratio_glibc={rg:.4f}" if rg is not None
                                 else "")
                 + (f" ratio_best_peer={rb:.4f}" if rb is not None else "")
-                + extra)
+                + extra + " values=" + ",".join(
+                    f"{v:.6g}" for v in res.values[
+                        ((case.case_id, case.threads), metric)][a]))
         lines.append(f"| {case.title} | {case.threads} | {label} ({unit}) | "
                      + " | ".join(cells) + " |")
     notes = []
