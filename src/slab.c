@@ -43,7 +43,7 @@
  *  - The fast paths (rp_alloc from a non-empty bin: 21 instructions;
  *    rp_free of an object of a current or partial slab the calling thread
  *    owns, not its last object out: 33, or 35 for a slab outside the
- *    counted set; rp_free into an open batch: 62)
+ *    counted set; rp_free into an open batch: 67)
  *    touch only the calling thread's tcache and slab metadata: no lock, no
  *    atomic read-modify-write, and (but for the batch) no call. They are
  *    compiled only without sanitizers and used only by tcaches that are
