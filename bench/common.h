@@ -53,13 +53,13 @@ typedef enum rpb_alloc {
 
 static inline int rpb_is_malloc(rpb_alloc a) { return a <= RPB_RPOOL_MALLOC; }
 
-/* Parsed command line: workload name plus key=value parameters. */
 /* xthread thread placement (place=). FREE: the scheduler decides. SPLIT: a
  * pair's producer and consumer are pinned to different CPUs (every free is
  * remote across cores). PAIR: both threads of a pair are pinned to one CPU
  * (they take turns; the remote free stays in that core's cache). */
 enum { RPB_PLACE_FREE = 0, RPB_PLACE_SPLIT, RPB_PLACE_PAIR };
 
+/* Parsed command line: workload name plus key=value parameters. */
 typedef struct rpb_args {
     const char *workload;
     rpb_alloc alloc;
