@@ -320,8 +320,9 @@ def machine_line():
 
 
 class Results:
-    """values[(case_id, threads, metric)][alloc] -> list of floats;
-    status[(case_key, alloc)] -> (status, reason) for failures."""
+    """values[((case_id, threads), metric)][alloc] -> list of floats, in
+    rep order (read it through vals()); status[((case_id, threads), alloc)]
+    -> (status, reason, failed reps) for failures."""
 
     def __init__(self):
         self.values = {}
@@ -349,10 +350,14 @@ class Results:
         if outcome.info:
             self.info[(key, alloc)] = outcome.info
 
+    def vals(self, case, metric, alloc):
+        """The values recorded for one cell, in rep order (None: none)."""
+        return self.values.get(((case.case_id, case.threads), metric),
+                               {}).get(alloc)
+
     def summary(self, case, metric, alloc):
-        key = (case.case_id, case.threads)
-        st = self.status.get((key, alloc))
-        vals = self.values.get((key, metric), {}).get(alloc)
+        st = self.status.get(((case.case_id, case.threads), alloc))
+        vals = self.vals(case, metric, alloc)
         if st and (st[0] in ("MISSING", "not available") or not vals):
             return None, st
         if not vals:
@@ -432,8 +437,7 @@ def build_table(res, cases_run, reps_done):
                                 else "")
                 + (f" ratio_best_peer={rb:.4f}" if rb is not None else "")
                 + extra + " values=" + ",".join(
-                    f"{v:.6g}" for v in res.values[
-                        ((case.case_id, case.threads), metric)][a]))
+                    f"{v:.6g}" for v in res.vals(case, metric, a)))
         lines.append(f"| {case.title} | {case.threads} | {label} ({unit}) | "
                      + " | ".join(cells) + " |")
     notes = []
