@@ -330,6 +330,8 @@ _Static_assert(sizeof(struct tcache) <= RP_TS_SLAB_BYTES,
                "the tcache fits the shard's slab blob");
 _Static_assert(offsetof(struct tcache, bin) == 0, "tlc.bins is the tcache");
 _Static_assert((RB_N & (RB_N - 1)) == 0, "RB_N is a power of two");
+_Static_assert(ESLOTS == 32, "emask has one bit per slot: empty_fits reads ~0u as full");
+_Static_assert(CSET_N <= 32 && CSET_N < 255, "cmask and cidx (slot + 1) hold the set");
 _Static_assert(_Alignof(struct tcache) <= RP_CACHELINE, "blob alignment suffices");
 
 struct cls_info {
