@@ -155,6 +155,12 @@ typedef struct rp_account {
 #define RP_RCACHE_WAYS 2
 #define RP_TS_SLAB_BYTES 2624
 
+/* Remote-free batches (slab.c "Remote-free batches"): a batch holds at most
+ * RP_RB_OBJS objects and RP_RB_BYTES bytes of one slab. Here so that
+ * white-box tests derive where batches end. */
+#define RP_RB_OBJS 512
+#define RP_RB_BYTES 32768
+
 typedef struct rp_tstate {
     struct cds_list_head node;  /* on pool->threads; RCU list */
     struct rp_tstate *next_free;/* recycling list (thread.c, under lock) */

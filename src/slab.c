@@ -34,7 +34,7 @@
  *  - Frees by other threads go to the slab's remote list, whose head lives
  *    in the 64-bit word s->xword together with the list length and the
  *    ownership state; freers push with CAS (plain pools: a whole batch of
- *    up to 64 objects per CAS), the owner takes the whole list with one
+ *    up to 512 objects per CAS), the owner takes the whole list with one
  *    exchange. The same word records abandonment: when a thread exits, its
  *    partly used slabs go to a pool-wide lock-free stack per class
  *    (p->slab->ab[c]) from which other threads adopt them by CAS on the
@@ -291,8 +291,6 @@ struct rbuf {
 _Static_assert(sizeof(struct rbuf) == 32, "a power of two: one shift to index");
 
 #define RB_N 8          /* open batches per tcache, by slab granule index */
-#define RB_OBJS 64      /* objects per batch at most */
-#define RB_BYTES 8192   /* bytes per batch at most */
 
 struct tcache {
     struct bin bin[NCLS];
@@ -2237,7 +2235,7 @@ int rpi_slab_init(rp_pool *p)
             ci->batch = 16384 / size < 64 ? 16384 / size : 64;
         if (ci->batch < MIN_OBJS)
             ci->batch = MIN_OBJS;
-        ci->rbmax = RB_BYTES / size < RB_OBJS ? RB_BYTES / size : RB_OBJS;
+        ci->rbmax = RP_RB_BYTES / size < RP_RB_OBJS ? RP_RB_BYTES / size : RP_RB_OBJS;
         if (ci->rbmax < 1)
             ci->rbmax = 1;
         for (unsigned rc = 0; rc < p->nclasses; rc++) {

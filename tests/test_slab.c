@@ -1145,10 +1145,14 @@ static void test_slab_remote_batches(void **state)
     /* Repeats: the last object freed (the head of the open batch, tagged),
      * the last object of the last batch pushed (the head of the slab's
      * remote list), and the head of this thread's batch freed again by a
-     * third thread. Each is reported and changes nothing. Batches of 64:
-     * the first 960 frees were pushed. */
+     * third thread. Each is reported and changes nothing. Batches of rb
+     * objects: the first (N / rb) * rb frees were pushed. */
+#define RB64 (RP_RB_BYTES / 64 < RP_RB_OBJS ? RP_RB_BYTES / 64 : RP_RB_OBJS)
+    _Static_assert(RB64 <= (int)N && (int)N % RB64 != 0, "a batch pushed, one open");
+    const int rb = RB64;
+#undef RB64
     EXPECT_REPORT(&log, RP_ERR_NOT_LIVE, rp_free(p, objs[N - 1]));
-    EXPECT_REPORT(&log, RP_ERR_NOT_LIVE, rp_free(p, objs[959]));
+    EXPECT_REPORT(&log, RP_ERR_NOT_LIVE, rp_free(p, objs[N / rb * rb - 1]));
     assert_int_equal(rp_check(p), 0);
     /* Another thread without a shard pushes at once, one with a shard
      * batches: both check the tag first. */
