@@ -403,9 +403,12 @@ def build_table(res, cases_run, reps_done):
                 text = "n/a" if status == "-" else status
                 if a == "rpool" and status == "not available":
                     text = "not available"
-                fn = footnotes.setdefault((status, reason),
-                                          len(footnotes) + 1)
-                cells.append(f"{text} [{fn}]" if status != "-" else text)
+                if status == "-":  # a metric the column does not have
+                    cells.append(text)
+                else:
+                    fn = footnotes.setdefault((status, reason),
+                                              len(footnotes) + 1)
+                    cells.append(f"{text} [{fn}]")
                 result_lines.append(f"{base} status={status.replace(' ', '_')}"
                                     f" reason=\"{reason}\"")
                 continue
