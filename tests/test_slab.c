@@ -1198,6 +1198,51 @@ static void test_slab_remote_batches(void **state)
     rp_pool_destroy(p);
 }
 
+/* Remote frees of every class, from a thread with a shard: classes up to
+ * 16 KiB are batched (several pushes each for the large ones, whose slabs
+ * span granules), larger ones pushed at once. Counters are exact at every
+ * step, rp_check accepts the open batches, and once this thread detaches
+ * (pushing them) and the owner exits, no region is left in use. */
+static void test_slab_remote_every_class(void **state)
+{
+    (void)state;
+    rp_errlog log = {0};
+    rp_pool *p = make_pool(&log, 0);
+    enum { N = 40 };
+    static void *objs[N];
+    struct owner_thread ow = {p, 16, N, objs, 0};
+    pthread_t t;
+    pthread_create(&t, NULL, owner_main, &ow);
+    rp_free(p, rp_alloc(p, 16)); /* a shard: this thread's frees batch */
+    int classes = 0;
+    for (size_t sz = 16; sz <= RP_OBJECT_MAX; sz = expected_class(sz + 1)) {
+        ow.size = sz; /* read by the owner after phase 1's release */
+        owner_ask(&ow);
+        for (int i = 0; i < N; i++) {
+            assert_non_null(objs[i]);
+            memset(objs[i], 0x3c, sz);
+        }
+        assert_int_equal(rp_test_stats(p).slab_bytes, (uint64_t)N * sz);
+        for (int i = 0; i < N; i++)
+            rp_free(p, objs[i]);
+        assert_int_equal(rp_test_stats(p).slab_bytes, 0);
+        assert_int_equal(rp_check(p), 0);
+        classes++;
+    }
+    assert_int_equal(classes, 40);
+    assert_int_equal(rp_thread_detach(p), 0); /* pushes the open batches */
+    assert_int_equal(rp_check(p), 0);
+    atomic_store_explicit(&ow.phase, 3, memory_order_release);
+    pthread_join(t, NULL);
+    assert_int_equal(rp_thread_detach(p), 0);
+    rp_stats st = rp_test_stats(p);
+    assert_int_equal(st.slab_bytes, 0);
+    assert_int_equal(st.region_in_use_bytes, 0);
+    assert_int_equal(log.count, 0);
+    assert_int_equal(rp_check(p), 0);
+    rp_pool_destroy(p);
+}
+
 /* The owner exits while another thread holds a batch of its objects: the
  * slab is abandoned, and the batch's push makes it DEAD and releases it. */
 static void test_slab_batch_into_abandoned_slab(void **state)
@@ -1940,6 +1985,7 @@ int main(void)
         cmocka_unit_test(test_slab_remote_double_free),
         cmocka_unit_test(test_slab_stale_remote_double_free),
         cmocka_unit_test(test_slab_remote_batches),
+        cmocka_unit_test(test_slab_remote_every_class),
         cmocka_unit_test(test_slab_batch_into_abandoned_slab),
         cmocka_unit_test(test_slab_producer_consumer),
         cmocka_unit_test(test_slab_producer_consumer_hardened),
