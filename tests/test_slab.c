@@ -1234,13 +1234,7 @@ static void test_slab_remote_every_class(void **state)
     assert_int_equal(rp_check(p), 0);
     atomic_store_explicit(&ow.phase, 3, memory_order_release);
     pthread_join(t, NULL);
-    assert_int_equal(rp_thread_detach(p), 0);
-    rp_stats st = rp_test_stats(p);
-    assert_int_equal(st.slab_bytes, 0);
-    assert_int_equal(st.region_in_use_bytes, 0);
-    assert_int_equal(log.count, 0);
-    assert_int_equal(rp_check(p), 0);
-    rp_pool_destroy(p);
+    all_back_and_destroy(p, &log);
 }
 
 /* The owner exits while another thread holds a batch of its objects: the
@@ -1802,9 +1796,7 @@ static void test_slab_run_keeps_threads_apart(void **state)
 {
     (void)state;
     rp_errlog log = {0};
-    rp_config c = rp_test_config(&log);
-    rp_pool *p = rp_pool_create(&c);
-    assert_non_null(p);
+    rp_pool *p = make_pool(&log, 0);
     static void *o[4 * SLAB_OBJS_64];
     o[0] = rp_alloc(p, 64);
     assert_non_null(o[0]);
@@ -1934,9 +1926,7 @@ static void test_slab_run_damaged_descriptor_reported(void **state)
 {
     (void)state;
     rp_errlog log = {0};
-    rp_config c = rp_test_config(&log);
-    rp_pool *p = rp_pool_create(&c);
-    assert_non_null(p);
+    rp_pool *p = make_pool(&log, 0);
     static void *o[2 * SLAB_OBJS_64];
     o[0] = rp_alloc(p, 64);
     assert_non_null(o[0]);
