@@ -97,7 +97,7 @@ class Case:
 
 
 def plan(quick):
-    """The cases of a run. Work sizes are set so a full run takes ~8 min
+    """The cases of a run. Work sizes are set so a full run takes ~9 min
     on two cores (7 reps) and QUICK ~1.5 min (3 reps)."""
     q = quick
     cases = []
